@@ -1,0 +1,44 @@
+# sonoshot: `make serve` runs the daemon, `make test` runs the whole suite. Both install what they need.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+PEERS := dcmtk orthanc tesseract-ocr dicom3tools
+PEER_BINARIES := storescu storescp echoscu dcmsend Orthanc tesseract dciodvfy
+
+.PHONY: serve test peers install bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# torch and torchvision first, pinned, so pip never resolves another build of them.
+$(INSTALLED): setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install --disable-pip-version-check -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
+	touch $@
+
+install: $(INSTALLED)
+
+# The Debian peers the tests talk to (DCMTK, Orthanc, tesseract, dicom3tools); installed when root.
+peers:
+	@missing=0; for b in $(PEER_BINARIES); do command -v $$b >/dev/null || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(PEERS); \
+	  else echo "peers missing and not root: install $(PEERS) (the tests that need them will be skipped)"; fi; \
+	fi
+
+var/deid.key: | $(INSTALLED)
+	$(VENV)/bin/sonoshot keygen --out $@
+
+serve: $(INSTALLED) var/deid.key
+	$(VENV)/bin/sonoshot serve
+
+test: $(INSTALLED) peers
+	$(VENV)/bin/python -m pytest
+
+bench: $(INSTALLED) peers
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

@@ -1,0 +1,3 @@
+from sonoshot.cli import main
+
+raise SystemExit(main())

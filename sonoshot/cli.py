@@ -1,0 +1,81 @@
+"""cli.py
+======
+
+The ``sonoshot`` command. Each subcommand is a thin shell over a library function; the
+configuration is loaded once (``--config`` or ``$SONOSHOT_CONFIG``) and a bad key exits with 2.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import click
+
+from sonoshot import __version__
+from sonoshot.config import Config, ConfigError, load_config
+
+EXIT_CONFIG = 2
+
+
+def _config(ctx: click.Context) -> Config:
+    """The configuration named by the group's ``--config``, loaded on first use."""
+    root = ctx.find_root()
+    if "config" not in root.meta:
+        root.meta["config"] = load_config(root.params.get("config_path"))
+    return root.meta["config"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="SONOSHOT_CONFIG",
+              help="TOML configuration file (default: $SONOSHOT_CONFIG, else built-in defaults).")
+@click.version_option(__version__, prog_name="sonoshot")
+def cli(config_path: str | None) -> None:
+    """Few-shot anomaly detection for ultrasound, as a DICOM node in a PACS workflow."""
+
+
+@cli.command()
+@click.pass_context
+def serve(ctx: click.Context) -> None:
+    """Run the daemon: receive, de-identify, detect, report and deliver."""
+    from sonoshot.daemon.service import run_service
+
+    raise SystemExit(run_service(_config(ctx)))
+
+
+@cli.command()
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the new key (refuses to overwrite).")
+def keygen(out: Path) -> None:
+    """Create a new secret key for keyed pseudonyms (32 random bytes, hex, mode 0600)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    click.echo(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (2 for configuration errors)."""
+    try:
+        cli.main(args=argv, prog_name="sonoshot", standalone_mode=False)
+    except ConfigError as exc:
+        click.echo(f"sonoshot: {exc}", err=True)
+        return EXIT_CONFIG
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""config.py
+=========
+
+Typed settings from one TOML file. Every key has a default (see ``sonoshot.example.toml``,
+which documents each one); a wrong key, type or value raises :class:`ConfigError` naming the
+key and what was expected, and the CLI exits with status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+CONFIG_ENV = "SONOSHOT_CONFIG"
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value has the wrong type or range."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"config key '{key}': {message}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    certificate: str = ""  # PEM certificate of this node; empty disables TLS
+    private_key: str = ""  # PEM private key for `certificate`
+    ca_certificate: str = ""  # PEM bundle of CAs that peers' certificates must chain to
+    require_client_certificate: bool = True  # mutual TLS: reject peers without a valid certificate
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.certificate)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    ae_title: str = "SONOSHOT"  # called AE title this node answers to
+    enforce_called_ae_title: bool = True  # reject associations addressed to another AE title
+    bind_address: str = "127.0.0.1"  # listen address; 0.0.0.0 to accept from the network
+    port: int = 11112  # DICOM listen port
+    allowed_calling_ae_titles: tuple[str, ...] = ()  # empty: any calling AE title is accepted
+    max_associations: int = 10  # concurrent associations; more are rejected (transient)
+    acse_timeout_s: float = 30.0  # association negotiation timeout
+    dimse_timeout_s: float = 60.0  # timeout waiting for a DIMSE message
+    network_timeout_s: float = 60.0  # idle connection timeout
+    max_pdu_size: int = 0  # maximum PDU length we accept; 0 means unlimited
+    extra_transfer_syntaxes: tuple[str, ...] = ()  # UIDs accepted on top of the built-in list
+    tls: TLSConfig = field(default_factory=TLSConfig)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    spool_dir: Path = Path("var/spool")  # received instances, exactly as sent (contains PHI)
+    work_dir: Path = Path("var/work")  # de-identified working copies
+    quarantine_dir: Path = Path("var/quarantine")  # instances that could not be de-identified safely
+    min_free_mb: int = 500  # refuse C-STORE with 0xA700 below this much free disk
+    fsync: bool = True  # fsync each instance before acknowledging it
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = "sqlite:///var/sonoshot.db"  # any SQLAlchemy URL, e.g. postgresql+psycopg://...
+
+
+@dataclass(frozen=True)
+class CompletionConfig:
+    quiet_period_s: float = 30.0  # a study is complete after this long without a new instance
+    max_wait_s: float = 900.0  # ... or this long after its first instance, whatever is still open
+    sweep_interval_s: float = 2.0  # how often the completion sweep runs
+
+
+@dataclass(frozen=True)
+class PixelMask:
+    """Burned-in text mask for images without usable ultrasound regions (CTP style signature)."""
+
+    manufacturer: str = ""  # matched case-insensitively as a prefix of (0008,0070)
+    model: str = ""  # matched case-insensitively as a prefix of (0008,1090); empty: any
+    rows: int = 0
+    columns: int = 0
+    keep: tuple[tuple[int, int, int, int], ...] = ()  # [x0, y0, x1, y1] inclusive boxes of image data
+
+
+@dataclass(frozen=True)
+class DeidConfig:
+    key_file: Path = Path("var/deid.key")  # secret for keyed pseudonyms (>= 32 bytes); `sonoshot keygen`
+    retain_longitudinal_modified_dates: bool = True  # shift dates by a keyed per-patient offset
+    retain_patient_characteristics: bool = False  # keep sex, age, size, weight
+    retain_device_identity: bool = False  # keep device serial numbers and station names
+    clean_descriptors: bool = True  # keep descriptions after removing PHI (False: remove them)
+    clean_pixel_data: bool = True  # blank everything outside the ultrasound regions
+    ocr: bool = True  # verify cleaned pixels with tesseract OCR; fail closed if it is missing
+    ocr_max_frames: int = 8  # frames OCR'd per instance (all frames of shorter clips)
+    pixel_masks: tuple[PixelMask, ...] = ()  # masks for images without ultrasound regions
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    bundle: str = ""  # detector bundle folder from `sonoshot fit`; empty: zero-shot or hold studies
+    backbone: str = "auto"  # auto: biomedclip when its files are present, else efficientnet-lite0
+    biomedclip_path: str = ""  # local folder with BiomedCLIP's files (empty: Hugging Face cache)
+    frames_per_cine: int = 4  # frames sampled evenly from each multi-frame instance
+    study_aggregation: Literal["max", "top3-mean", "mean"] = "max"  # image scores to a study score
+    threshold: float = -1.0  # study verdict threshold; negative: the bundle's own
+    device: str = "cpu"  # torch device
+
+
+@dataclass(frozen=True)
+class RoutingRule:
+    name: str = ""  # shown in logs, the database and `sonoshot route`
+    action: Literal["process", "ignore"] = "process"
+    match: dict[str, str] = field(default_factory=dict)  # DICOM keyword or calling_ae/called_ae -> value
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    rules: tuple[RoutingRule, ...] = (
+        RoutingRule(name="ultrasound", action="process", match={"Modality": "US"}),
+        RoutingRule(name="everything-else", action="ignore", match={}),
+    )
+
+
+@dataclass(frozen=True)
+class Destination:
+    name: str = ""  # label in the database and logs
+    ae_title: str = ""  # called AE title of the PACS
+    host: str = ""
+    port: int = 104
+    calling_ae_title: str = ""  # our AE title towards this PACS; empty: network.ae_title
+    tls: TLSConfig = field(default_factory=TLSConfig)
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    destinations: tuple[Destination, ...] = ()  # where SRs go; empty: results stay in the database
+    max_attempts: int = 12  # then the outbox entry becomes dead-letter
+    backoff_initial_s: float = 5.0  # first retry delay, doubled each attempt
+    backoff_max_s: float = 900.0  # cap on the retry delay
+    sweep_interval_s: float = 2.0  # how often the outbox is polled
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    count: int = 1  # studies processed at once (de-identify, detect, report)
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    enabled: bool = True
+    bind_address: str = "127.0.0.1"  # /healthz and /metrics
+    port: int = 9110
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json: bool = False  # JSON lines instead of plain text
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    spool_days: float = 30.0  # delete received files this long after the result is delivered
+    work_days: float = 1.0  # delete de-identified copies this long after delivery
+
+
+@dataclass(frozen=True)
+class Config:
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    completion: CompletionConfig = field(default_factory=CompletionConfig)
+    deid: DeidConfig = field(default_factory=DeidConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "network.port": (1, 65535),
+    "network.max_associations": (1, 1000),
+    "http.port": (1, 65535),
+    "delivery.destinations.port": (1, 65535),
+    "storage.min_free_mb": (0, 10**9),
+    "completion.quiet_period_s": (0, 86400),
+    "completion.max_wait_s": (0, 7 * 86400),
+    "completion.sweep_interval_s": (0.05, 3600),
+    "delivery.max_attempts": (1, 10**6),
+    "delivery.sweep_interval_s": (0.05, 3600),
+    "workers.count": (1, 64),
+    "deid.ocr_max_frames": (1, 10**6),
+    "detector.frames_per_cine": (1, 1000),
+}
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a table of strings"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            Path: "a path string"}.get(tp, str(tp))
+
+
+def _convert(key: str, tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a table, got {value!r}")
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(key, f"expected {_describe(tp)}, got {value!r}")
+        return value
+    if origin is tuple:
+        (inner, *_rest) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected {_describe(tp)}, got {value!r}")
+        return tuple(_convert(key, inner, v) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(key, f"expected a table of strings, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            tp is int and not isinstance(value, int)
+        ):
+            raise ConfigError(key, f"expected {_describe(tp)}, got {value!r}")
+        bounds = _RANGES.get(key)
+        if bounds and not bounds[0] <= value <= bounds[1]:
+            raise ConfigError(key, f"expected a value from {bounds[0]} to {bounds[1]}, got {value!r}")
+        return tp(value)
+    if tp in (str, Path):
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected {_describe(tp)}, got {value!r}")
+        return tp(value)
+    raise ConfigError(key, f"unsupported type {tp}")  # pragma: no cover - a programming error
+
+
+def _build(cls: type, table: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in table.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            raise ConfigError(dotted, f"unknown key; expected one of: {', '.join(sorted(names))}")
+        kwargs[key] = _convert(dotted, hints[key], value)
+    return cls(**kwargs)
+
+
+def _check(config: Config) -> None:
+    if config.network.tls.enabled and not config.network.tls.private_key:
+        raise ConfigError("network.tls.private_key", "required when network.tls.certificate is set")
+    for i, dest in enumerate(config.delivery.destinations):
+        for name in ("name", "ae_title", "host"):
+            if not getattr(dest, name):
+                raise ConfigError(f"delivery.destinations[{i}].{name}", "expected a non-empty string")
+    if len({d.name for d in config.delivery.destinations}) != len(config.delivery.destinations):
+        raise ConfigError("delivery.destinations.name", "names must be unique")
+    for title_key, title in (("network.ae_title", config.network.ae_title),):
+        if not 0 < len(title) <= 16 or "\\" in title:
+            raise ConfigError(title_key, f"expected 1 to 16 characters without backslash, got {title!r}")
+
+
+def parse_config(table: dict[str, Any]) -> Config:
+    """Build a validated :class:`Config` from a parsed TOML table.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first key that is unknown or holds a value of the wrong type or range.
+    """
+    config = _build(Config, table)
+    _check(config)
+    return config
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load the configuration from ``path``, ``$SONOSHOT_CONFIG``, or the embedded defaults.
+
+    Raises
+    ------
+    ConfigError
+        If the file cannot be read or parsed, or a key is invalid.
+    """
+    path = path or os.environ.get(CONFIG_ENV)
+    if not path:
+        return parse_config({})
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
+    return parse_config(table)
+
