@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
+
+from tests.util import free_port, require_binary, testdata  # noqa: F401  (re-exported for test modules)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,30 +38,6 @@ def shared_dicom(shared: Path) -> Path:
 @pytest.fixture(scope="session")
 def busi(shared: Path) -> Path:
     return shared / "data" / "busi"
-
-
-def testdata(name: str) -> Path:
-    """A file from pydicom's or pydicom-data's test files, never downloaded."""
-    path = get_testdata_file(name, download=False)
-    if path is None:
-        raise FileNotFoundError(f"pydicom test file {name!r} is not installed (pydicom-data?)")
-    return Path(path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def require_binary(*names: str) -> None:
-    """Fail (in CI) or skip (elsewhere) when a real peer program is missing."""
-    missing = [n for n in names if shutil.which(n) is None]
-    if missing:
-        message = f"peer programs missing: {', '.join(missing)} (make test installs them as root)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @pytest.fixture(autouse=True, scope="session")
