@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -51,8 +52,9 @@ from typing import Any
 import highdicom as hd
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
-from pydicom.uid import ComprehensiveSRStorage, generate_uid
+from pydicom.uid import ComprehensiveSRStorage
 
 from sonoshot import __version__
 
@@ -76,6 +78,7 @@ PROCEDURE = codes.SCT.Ultrasonography  # (310169008, SCT, "Ultrasonography")
 COMMENT = codes.DCM.Comment  # (121106, DCM, "Comment")
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 STUDY_GROUP = "study"
+UID_NAMESPACE = uuid.UUID("5f1c8a3e-2b7d-4c59-9a61-0d3e8f6b2c47")  # sonoshot's name-based UIDs, fixed forever
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # PS3.5 9.1, leniently: real devices write leading zeros
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -271,7 +274,12 @@ class StudyResult:
         threshold = _check_unit_interval("threshold", self.threshold)
         if not isinstance(self.verdict, (str, VerdictValues)):
             raise TypeError('Argument "verdict" must be a VerdictValues or str.')
-        verdict = VerdictValues(self.verdict)
+        try:
+            verdict = VerdictValues(self.verdict)
+        except ValueError:
+            raise ValueError(
+                f'Argument "verdict" must be one of {[v.value for v in VerdictValues]}, got {self.verdict!r}.'
+            ) from None
         if (verdict is VerdictValues.NORMAL and score > threshold) or (
             verdict is VerdictValues.ABNORMAL and score < threshold
         ):
@@ -298,21 +306,23 @@ class StudyResult:
             object.__setattr__(self, name, value)
 
 
+def _uid(*parts: str) -> str:
+    """A name-based (SHA-1, version 5) UUID as a 2.25 UID (PS3.5 B.2, ISO/IEC 9834-8)."""
+    return f"2.25.{uuid.uuid5(UID_NAMESPACE, chr(0).join(parts)).int}"
+
+
 def report_sop_instance_uid(result: StudyResult) -> str:
     """The deterministic SOP Instance UID of the report for ``result`` (PS3.5 B.2, 2.25 form).
 
     Derived from the study UID, bundle hash, threshold and sorted evaluated instance UIDs.
     """
     evaluated = sorted(i.sop_instance_uid for i in result.image_scores)
-    sources = ["sonoshot-sr", result.study_instance_uid, result.bundle_sha256,
-               repr(result.threshold), *evaluated]
-    return str(generate_uid(prefix=None, entropy_srcs=sources))
+    return _uid("sr", result.study_instance_uid, result.bundle_sha256, repr(result.threshold), *evaluated)
 
 
 def report_series_instance_uid(result: StudyResult) -> str:
     """The deterministic Series Instance UID of reports for one study and bundle."""
-    sources = ["sonoshot-sr-series", result.study_instance_uid, result.bundle_sha256]
-    return str(generate_uid(prefix=None, entropy_srcs=sources))
+    return _uid("sr-series", result.study_instance_uid, result.bundle_sha256)
 
 
 def _header(original: Dataset) -> Dataset:
@@ -372,7 +382,7 @@ def _algorithm(result: StudyResult) -> hd.sr.AlgorithmIdentification:
 
 
 def _tracking(result: StudyResult, label: str) -> hd.sr.TrackingIdentifier:
-    uid = generate_uid(prefix=None, entropy_srcs=["sonoshot-tracking", report_sop_instance_uid(result), label])
+    uid = _uid("tracking", report_sop_instance_uid(result), label)
     return hd.sr.TrackingIdentifier(uid=uid, identifier=label)
 
 
@@ -383,8 +393,7 @@ def _score(value: float, name: hd.sr.CodedConcept = ANOMALY_SCORE) -> hd.sr.Meas
 def _content(result: StudyResult) -> hd.sr.MeasurementReport:
     algorithm = _algorithm(result)
     device = hd.sr.DeviceObserverIdentifyingAttributes(  # TID 1004
-        uid=generate_uid(prefix=None, entropy_srcs=["sonoshot-device", result.algorithm_name,
-                                                    result.algorithm_version, result.bundle_sha256]),
+        uid=_uid("device", result.algorithm_name, result.algorithm_version, result.bundle_sha256),
         name=result.algorithm_name,
         manufacturer_name=MANUFACTURER,
         model_name=result.algorithm_version,
@@ -535,6 +544,12 @@ def _num(item: Dataset, concept: hd.sr.CodedConcept) -> float:
     return float(value.get("FloatingPointValue", value.NumericValue))  # FD is exact, DS has 16 chars
 
 
+def _frames(value: Any) -> tuple[int, ...]:
+    if value is None or value == "":
+        return ()
+    return tuple(int(f) for f in value) if isinstance(value, MultiValue) else (int(value),)
+
+
 def read_result(dataset: Dataset) -> StudyResult:
     """Read back the :class:`StudyResult` stated by a report from :func:`build_report`.
 
@@ -572,7 +587,7 @@ def read_result(dataset: Dataset) -> StudyResult:
                 sop_instance_uid=str(ref.ReferencedSOPInstanceUID),
                 series_instance_uid=str(series[ref.ReferencedSOPInstanceUID]),
                 score=_num(group, ANOMALY_SCORE),
-                frames=tuple(int(f) for f in ref.get("ReferencedFrameNumber") or ()),
+                frames=_frames(ref.get("ReferencedFrameNumber")),
             ))
         if study is None:
             raise ValueError("no study measurement group")
