@@ -57,6 +57,25 @@ def keygen(out: Path) -> None:
     click.echo(f"wrote {out}")
 
 
+@cli.command()
+@click.argument("peer", metavar="AE@HOST:PORT")
+@click.option("--timeout", "timeout_s", type=float, default=10.0, show_default=True, help="Seconds to wait.")
+@click.pass_context
+def echo(ctx: click.Context, peer: str, timeout_s: float) -> None:
+    """Check a DICOM peer with C-ECHO (exit status 0 when it answers Success, else 1)."""
+    from sonoshot.config import Destination
+    from sonoshot.dicom_io.send import echo as send_echo
+
+    title, _, address = peer.partition("@")
+    host, _, port = address.rpartition(":")
+    if not (title and host and port.isdigit() and 0 < int(port) < 65536):
+        raise click.BadParameter(f"expected AE@HOST:PORT, got {peer!r}", param_hint="AE@HOST:PORT")
+    outcome = send_echo(Destination(name=title, ae_title=title, host=host, port=int(port)),
+                        _config(ctx).network.ae_title, timeout_s=timeout_s)
+    click.echo(outcome.detail)
+    raise SystemExit(0 if outcome.ok else 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 for configuration errors)."""
     try:

@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ComprehensiveSRStorage, ImplicitVRLittleEndian, UltrasoundMultiFrameImageStorage
 from pynetdicom import AE, evt
 
+from sonoshot.cli import main
 from sonoshot.config import Destination, TLSConfig
 from sonoshot.dicom_io.report import ImageScoreRef, QuarantinedRef, StudyResult, build_report
 from sonoshot.dicom_io.send import (
@@ -73,6 +74,15 @@ def test_echo_storescp_and_down_peer(tmp_path):
     assert (up.ok, up.status) == (True, 0x0000)
     down = echo(_dest(free_port(), "NOBODY"), CALLING, timeout_s=2)
     assert (down.ok, down.status) == (False, None)
+
+
+def test_cli_echo(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SONOSHOT_CONFIG", raising=False)
+    with StoreSCP(tmp_path / "in") as scp:
+        assert main(["echo", f"{scp.aet}@127.0.0.1:{scp.port}"]) == 0
+    assert "C-ECHO status 0x0000" in capsys.readouterr().out
+    assert main(["echo", "--timeout", "1", f"NOBODY@127.0.0.1:{free_port()}"]) == 1
+    assert main(["echo", "NOBODY-127.0.0.1"]) == 2
 
 
 def test_destination_down_is_transient(sr):
