@@ -98,6 +98,7 @@ class DeidConfig:
     ocr: bool = True  # verify cleaned pixels with tesseract OCR; fail closed if it is missing
     ocr_max_frames: int = 8  # frames OCR'd per instance (all frames of shorter clips)
     pixel_masks: tuple[PixelMask, ...] = ()  # masks for images without ultrasound regions
+    ocr_min_score: float = 85.0  # fuzzy OCR match score (50-100) at which a PHI string counts as found
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,153 @@
+"""verify.py
+=========
+
+The independent verifier: it reads the *written* output back from disk and checks it against
+the original instance, without using the de-identification code it checks.
+
+* header: no PHI string of the original (see :mod:`.phi`) in any element at any depth, file
+  meta included; every UID is well known or a ``2.25`` UID that the original did not hold; the
+  preamble is zero;
+* pixels: on every frame, each blanked pixel equals the fill value and each kept pixel equals
+  the decoded input pixel;
+* OCR: tesseract on a sample of the output frames finds none of the PHI strings.
+
+Failures are named by check and tag only, never by value, so they can be logged and reported.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from ..pixels import frame_count, frame_format, iter_frames
+from .ocr import OcrUnavailableError, find_phi, ocr_text, sample_indices
+from .phi import MIN_TOKEN, PhiStrings
+from .pixels_clean import Box, black, keep_mask
+
+_BINARY_SCAN_LIMIT = 65536  # binary values up to this size are searched as text too
+_UID = re.compile(r"^[0-9.]+$")
+# Numbers carry no identifying text: a PHI search there only finds coincidences (an ID "7").
+_NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "IS", "DS", "AT", "OF", "OD", "OL", "OV"})
+
+
+@dataclass
+class Verdict:
+    """The verifier's result: ``failures`` name check and tag, never a value."""
+
+    failures: list[str] = field(default_factory=list)
+    checks: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def _elements(ds: Dataset, path: str = "") -> Iterator[tuple[str, object, str, str]]:
+    """``(where, value, VR, keyword)`` of every non-sequence element but Pixel Data."""
+    for elem in ds:
+        where = f"{path}{elem.tag}"
+        if elem.VR == "SQ":
+            for number, item in enumerate(elem.value or []):
+                yield from _elements(item, f"{where}[{number}].")
+        elif elem.tag != 0x7FE00010:
+            yield where, elem.value, elem.VR, elem.keyword
+
+
+def _strings(value: object, vr: str) -> Iterator[str]:
+    if isinstance(value, bytes):
+        if len(value) <= _BINARY_SCAN_LIMIT:
+            yield value.decode("latin-1").lower()
+            yield value.decode("utf-8", errors="ignore").lower()
+        return
+    values = value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+    for v in values:  # type: ignore[union-attr]
+        if v is not None:
+            yield str(v).lower()
+
+
+def _contains(text: str, token: str) -> bool:
+    if len(token) < MIN_TOKEN:
+        return text.strip() == token
+    if token.isalpha() and len(token) >= 4:
+        return token in text
+    return re.search(rf"(?<![0-9a-z]){re.escape(token)}(?![0-9a-z])", text) is not None
+
+
+def original_uids(ds: Dataset) -> set[str]:
+    """Every UI value held by the original, at any depth and in its file meta."""
+    found = set()
+    for dataset in (ds.file_meta, ds):
+        for _where, value, vr, _keyword in _elements(dataset):
+            if vr == "UI":
+                found.update(s.strip("\x00 ") for s in _strings(value, vr))
+    return found
+
+
+def check_header(path: Path, phi: PhiStrings, uids: set[str], verdict: Verdict) -> Dataset:
+    """Header checks on the file at ``path``; returns the dataset read."""
+    with open(path, "rb") as f:
+        if f.read(128) != b"\0" * 128:
+            verdict.failures.append("header: preamble is not zeroed")
+    out = pydicom.dcmread(path)
+    tokens = sorted(phi.all)
+    for dataset in (out.file_meta, out):
+        for where, value, vr, keyword in _elements(dataset):
+            if vr in _NUMERIC_VRS:
+                continue
+            for text in _strings(value, vr):
+                if vr == "UI":
+                    text = text.strip("\x00 ")
+                    if keyword.endswith("ClassUID"):
+                        continue
+                    if text in uids and not _well_known(text):
+                        verdict.failures.append(f"header: original UID kept in {where}")
+                    elif not (_well_known(text) or text.startswith("2.25.")) or not _UID.match(text):
+                        verdict.failures.append(f"header: UID in {where} is neither keyed nor well known")
+                elif any(_contains(text, t) for t in tokens):
+                    verdict.failures.append(f"header: PHI string found in {where}")
+    verdict.checks["header"] = "pass" if not verdict.failures else "fail"
+    return out
+
+
+def _well_known(uid: str) -> bool:
+    return pydicom.uid.UID(uid).name != uid
+
+
+def check_pixels(source: Dataset, out: Dataset, boxes: tuple[Box, ...], verdict: Verdict) -> None:
+    """Every blanked pixel is black and every kept pixel equals the input, on every frame."""
+    fmt = frame_format(out)
+    if frame_count(out) != frame_count(source) or fmt.shape != frame_format(source).shape:
+        verdict.failures.append("pixels: output frame count or shape differs from the input")
+        return
+    kept = keep_mask(fmt.rows, fmt.columns, boxes)
+    fill = black(fmt.photometric_interpretation, fmt.bits_stored)
+    bad = []
+    for index, (before, after) in enumerate(zip(iter_frames(source), iter_frames(out), strict=True)):
+        if not (np.all(after[~kept] == fill) and np.array_equal(after[kept], before[kept])):
+            bad.append(index)
+    if bad:
+        verdict.failures.append(f"pixels: {len(bad)} frame(s) differ from the expected cleaning")
+    verdict.checks["pixels"] = {"frames": frame_count(out), "failed_frames": bad}
+
+
+def check_ocr(out: Dataset, phi: PhiStrings, at_most: int, min_score: float, verdict: Verdict) -> None:
+    """tesseract on a sample of frames finds no PHI string (fails closed without tesseract)."""
+    indices = sample_indices(frame_count(out), at_most)
+    targets = phi.ocr_targets()
+    hits = 0
+    try:
+        for frame in iter_frames(out, indices):
+            hits += len(find_phi(ocr_text(frame), targets, min_score))
+    except OcrUnavailableError as exc:
+        verdict.failures.append(f"ocr: {exc}")
+        verdict.checks["ocr"] = "unavailable"
+        return
+    if hits:
+        verdict.failures.append(f"ocr: {hits} PHI string match(es) in the cleaned frames")
+    verdict.checks["ocr"] = {"frames": indices, "targets": len(targets), "matches": hits}
