@@ -133,8 +133,8 @@ def test_originals_are_not_modified(cine, result):
 def test_dciodvfy_reports_no_errors(cine, late, result, tmp_path):
     require_binary("dciodvfy")
     first = build_report([cine], result)
-    second = build_report([cine, late], _result(_image(cine), _image(late, 0.3, (2,)), study=str(cine.StudyInstanceUID)),
-                          PredecessorRef.from_dataset(first))
+    update = _result(_image(cine), _image(late, 0.3, (2,)), study=str(cine.StudyInstanceUID))
+    second = build_report([cine, late], update, PredecessorRef.from_dataset(first))
     for name, sr in (("first", first), ("second", second)):
         path = tmp_path / f"{name}.dcm"
         sr.save_as(path, enforce_file_format=True)

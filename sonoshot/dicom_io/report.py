@@ -27,7 +27,7 @@ Document
     ``bundle_sha256=…``);
   - one TID 1501 group per evaluated instance: its score, and the instance as the group's
     source image (SOP Class, SOP Instance, frame numbers for multi-frame images);
-  - a (C0034375, UMLS, "Qualitative Evaluations") container (TID 1500 row 12) with TEXT items:
+  - the TID 1500 (C0034375, UMLS, "Qualitative Evaluations") container with TEXT items:
     the not-for-diagnostic-use statement, and one item per quarantined (not evaluated) instance.
 
 * Verification Flag UNVERIFIED, Completion Flag COMPLETE, Preliminary Flag PRELIMINARY
@@ -431,7 +431,7 @@ def _content(result: StudyResult) -> hd.sr.MeasurementReport:
     report = hd.sr.MeasurementReport(
         observation_context=context, procedure_reported=PROCEDURE, imaging_measurements=groups
     )
-    # TID 1500 row 12: Qualitative Evaluations container with TEXT items
+    # TID 1500 Qualitative Evaluations container, with TEXT items
     evaluations = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
     evaluations.ContentSequence = hd.sr.ContentSequence(
         [hd.sr.TextContentItem(name=COMMENT, value=DISCLAIMER, relationship_type="CONTAINS")]
