@@ -76,6 +76,43 @@ def echo(ctx: click.Context, peer: str, timeout_s: float) -> None:
     raise SystemExit(0 if outcome.ok else 1)
 
 
+@cli.command()
+@click.argument("inputs", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the de-identified files and their JSON reports.")
+@click.option("--what-if", is_flag=True, help="Print the de-identification policy and exit.")
+@click.pass_context
+def anonymize(ctx: click.Context, inputs: tuple[Path, ...], out_dir: Path | None, what_if: bool) -> None:
+    """De-identify DICOM files or folders; exit 0 when all are clean, 3 when any is quarantined."""
+    import json
+
+    from sonoshot.dicom_io.deid import DeidKeyError, DeidPolicy, deidentify_file, load_key
+
+    config = _config(ctx).deid
+    policy = DeidPolicy.from_config(config)
+    if what_if:
+        click.echo("\n".join(policy.describe()))
+        return
+    if not inputs or out_dir is None:
+        raise click.UsageError("give INPUT... and --out DIR (or --what-if)")
+    try:
+        key = load_key(config.key_file)
+    except DeidKeyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = sorted({f for i in inputs for f in ([i] if i.is_file() else i.rglob("*")) if f.is_file()})
+    quarantined = 0
+    for number, path in enumerate(files):
+        outcome = deidentify_file(path, out_dir, policy, key)
+        name = outcome.sop_instance_uid or f"unreadable-{number}"
+        (out_dir / f"{name}.json").write_text(json.dumps(outcome.report, indent=2, sort_keys=True))
+        quarantined += not outcome.ok
+        verdict = "clean" if outcome.ok else f"QUARANTINED ({outcome.reason})"
+        click.echo(f"{path} -> {name}: {verdict}")
+    click.echo(f"{len(files) - quarantined} clean, {quarantined} quarantined")
+    raise SystemExit(3 if quarantined else 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 for configuration errors)."""
     try:
