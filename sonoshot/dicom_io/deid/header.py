@@ -27,7 +27,7 @@ from pydicom.uid import UID
 
 from .dates import DateValueError, shift_da, shift_dt
 from .keys import date_offset_days, keyed_uid, patient_pseudonym
-from .phi import PhiStrings
+from .phi import PhiStrings, searchable
 from .policy import DeidPolicy
 from .profile import PROFILE, resolve
 
@@ -122,7 +122,7 @@ class _Deidentifier:
     def scrub(self, text: str) -> str:
         lowered = text.lower()
         for token in self.tokens:
-            if len(token) < 3 and token != lowered.strip():
+            if not searchable(token) and token != lowered.strip():
                 continue
             start = lowered.find(token)
             while start >= 0:

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName
 
-MIN_TOKEN = 3  # shorter strings only count when they are a whole value
+MIN_TOKEN = 3  # shorter strings only count when they are a whole value...
+
+
+def searchable(token: str) -> bool:
+    """Whether ``token`` is searched for inside text: 3+ characters, or 2+ outside ASCII.
+
+    Korean, Chinese and Japanese names are often two characters per component.
+    """
+    return len(token) >= MIN_TOKEN or (len(token) >= 2 and not token.isascii())
 
 _ID_KEYWORDS = frozenset({
     "PatientID", "OtherPatientIDs", "IssuerOfPatientID", "AccessionNumber", "AdmissionID",
@@ -60,6 +68,7 @@ def _name_strings(name: PersonName) -> Iterator[str]:
     yield text
     yield text.replace("^", " ").strip()
     for group in text.split("="):
+        yield group
         parts = [p for p in group.split("^") if p]
         yield from parts
         if len(parts) >= 2:

@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 
 from ..pixels import frame_count, frame_format, iter_frames
 from .ocr import OcrUnavailableError, find_phi, ocr_text, sample_indices
-from .phi import MIN_TOKEN, PhiStrings
+from .phi import PhiStrings, searchable
 from .pixels_clean import Box, black, keep_mask
 
 _BINARY_SCAN_LIMIT = 65536  # binary values up to this size are searched as text too
@@ -72,7 +72,7 @@ def _strings(value: object, vr: str) -> Iterator[str]:
 
 
 def _contains(text: str, token: str) -> bool:
-    if len(token) < MIN_TOKEN:
+    if not searchable(token):
         return text.strip() == token
     if token.isalpha() and len(token) >= 4:
         return token in text
