@@ -110,6 +110,9 @@ class DetectorConfig:
     study_aggregation: Literal["max", "top3-mean", "mean"] = "max"  # image scores to a study score
     threshold: float = -1.0  # study verdict threshold; negative: the bundle's own
     device: str = "cpu"  # torch device
+    mask_annotations: bool = True  # fill burned-in text, callipers and colour overlays before embedding
+    min_shots: int = 1  # fewest examples per given class that `sonoshot fit` accepts
+    prompt_organs: tuple[str, ...] = ()  # organ prompt sets beside the general one; empty: all organs
 
 
 @dataclass(frozen=True)
