@@ -52,6 +52,7 @@ class NetworkConfig:
     network_timeout_s: float = 60.0  # idle connection timeout
     max_pdu_size: int = 0  # maximum PDU length we accept; 0 means unlimited
     extra_transfer_syntaxes: tuple[str, ...] = ()  # UIDs accepted on top of the built-in list
+    extra_sop_classes: tuple[str, ...] = ()  # private storage SOP class UIDs to accept as well
     tls: TLSConfig = field(default_factory=TLSConfig)
 
 
@@ -202,6 +203,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "delivery.sweep_interval_s": (0.05, 3600),
     "workers.count": (1, 64),
     "deid.ocr_max_frames": (1, 10**6),
+    "deid.ocr_min_score": (50, 100),
     "detector.frames_per_cine": (1, 1000),
 }
 

@@ -19,6 +19,9 @@ def testdata(name: str) -> Path:
     return Path(path)
 
 
+testdata.__test__ = False  # a helper, not a test, wherever a test module imports it
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

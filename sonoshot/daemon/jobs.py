@@ -1,0 +1,62 @@
+"""jobs.py
+=======
+
+Scheduled work, driven by APScheduler: the completion sweep, and restart recovery (spool files
+without a row are indexed, rows without a file flagged, interrupted studies requeued).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from sonoshot.config import CompletionConfig
+from sonoshot.db.store import NewInstance, Store
+from sonoshot.dicom_io.spool import Spool, UnsafeUID
+
+log = logging.getLogger(__name__)
+
+
+def sweep_completion(store: Store, completion: CompletionConfig) -> int:
+    """Mark studies complete that have gone quiet; returns how many."""
+    done = store.complete_quiet_studies(completion.quiet_period_s, completion.max_wait_s)
+    for study in done:
+        log.info("study %s complete (%d instances, generation %d)", study.study_instance_uid,
+                 study.instance_count, study.generation)
+    return len(done)
+
+
+def index_orphans(spool: Spool, store: Store) -> int:
+    """Index spool files that have no database row (a crash between rename and insert)."""
+    known = store.known_paths()
+    indexed = 0
+    for relative in spool.stored_files():
+        if relative in known:
+            continue
+        path = spool.path(relative)
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+            expected = spool.relative_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        except (InvalidDicomError, AttributeError, UnsafeUID, OSError, ValueError) as exc:
+            log.error("spool file %s cannot be indexed (%s); left in place", relative, type(exc).__name__)
+            continue
+        if expected != relative:
+            log.error("spool file %s does not match its own UIDs; left in place", relative)
+            continue
+        store.record_instance(NewInstance(
+            sop_instance_uid=ds.SOPInstanceUID, study_instance_uid=ds.StudyInstanceUID,
+            series_instance_uid=ds.SeriesInstanceUID, sop_class_uid=ds.SOPClassUID,
+            transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, modality=ds.get("Modality"), path=relative,
+            size_bytes=path.stat().st_size))
+        indexed += 1
+    return indexed
+
+
+def recover(spool: Spool, store: Store) -> dict[str, int]:
+    """Bring spool and database back in step after a crash or restart."""
+    counts = {"partial_files_discarded": spool.discard_incomplete(), "files_indexed": index_orphans(spool, store)}
+    counts |= store.recover_after_restart(spool.root)
+    log.info("recovery: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
+    return counts

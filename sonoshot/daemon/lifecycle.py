@@ -1,0 +1,74 @@
+"""lifecycle.py
+============
+
+The study states and the legal moves between them: the one place that names states.
+
+The database is the queue. A study row moves
+``receiving → complete → processing → reported → delivered``; side exits are ``ignored``
+(routing), ``awaiting-detector`` (no detector yet), ``quarantined`` (nothing could be
+de-identified safely), ``failed`` and ``dead-letter`` (delivery gave up). Each stage claims rows
+in one state and moves them on, so restart recovery is a query.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class StudyState(str, Enum):
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    PROCESSING = "processing"
+    AWAITING_DETECTOR = "awaiting-detector"
+    REPORTED = "reported"
+    DELIVERED = "delivered"
+    DEAD_LETTER = "dead-letter"
+    IGNORED = "ignored"
+    QUARANTINED = "quarantined"
+    FAILED = "failed"
+
+
+class OutboxState(str, Enum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DEAD_LETTER = "dead-letter"
+
+
+S = StudyState
+
+#: A new instance may arrive in any state: the study then goes back to ``receiving`` and its
+#: next result supersedes the last one.
+LEGAL_MOVES: dict[StudyState, frozenset[StudyState]] = {
+    S.RECEIVING: frozenset({S.COMPLETE}),
+    S.COMPLETE: frozenset({S.PROCESSING}),
+    S.PROCESSING: frozenset({S.IGNORED, S.REPORTED, S.AWAITING_DETECTOR, S.QUARANTINED, S.FAILED, S.COMPLETE}),
+    S.AWAITING_DETECTOR: frozenset({S.COMPLETE}),
+    S.REPORTED: frozenset({S.DELIVERED, S.DEAD_LETTER}),
+    S.DEAD_LETTER: frozenset({S.REPORTED}),
+    S.DELIVERED: frozenset(),
+    S.IGNORED: frozenset(),
+    S.QUARANTINED: frozenset(),
+    S.FAILED: frozenset({S.COMPLETE}),
+}
+
+#: States whose work is finished: the spool may be purged after the retention period.
+SETTLED = frozenset({S.DELIVERED, S.DEAD_LETTER, S.IGNORED, S.QUARANTINED, S.FAILED})
+
+
+class IllegalMove(ValueError):
+    """A stage tried to move a study along a path the lifecycle does not allow."""
+
+
+def check_move(current: StudyState | str, new: StudyState | str) -> StudyState:
+    """Return ``new`` as a :class:`StudyState` if ``current → new`` is legal.
+
+    Raises
+    ------
+    IllegalMove
+        If the move is not in :data:`LEGAL_MOVES` (a new instance reopening a study is
+        handled by the receiver, not here).
+    """
+    current, new = StudyState(current), StudyState(new)
+    if new not in LEGAL_MOVES[current]:
+        raise IllegalMove(f"a study cannot move from '{current.value}' to '{new.value}'")
+    return new

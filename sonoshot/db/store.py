@@ -1,0 +1,297 @@
+"""store.py
+========
+
+The few named queries the pipeline stages need. Only this package touches SQLAlchemy; stages
+get plain frozen dataclasses back. Writes on SQLite take the write lock up front
+(``BEGIN IMMEDIATE``) so concurrent associations wait on the busy timeout instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Iterator
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import create_engine, event, exists, func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from sonoshot.daemon.lifecycle import StudyState, check_move
+from sonoshot.db.models import Association, Event, Instance, Study, utcnow
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@dataclass(frozen=True)
+class NewInstance:
+    """What the receiver knows about an instance it has just made durable in the spool."""
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str | None
+    path: str  # relative to the spool folder
+    size_bytes: int
+    calling_ae_title: str | None = None
+    called_ae_title: str | None = None
+    patient_pseudonym: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyRef:
+    """A study as a stage sees it: identifiers and state, never patient data."""
+
+    id: int
+    study_instance_uid: str
+    state: StudyState
+    generation: int
+    calling_ae_title: str | None
+    called_ae_title: str | None
+    instance_count: int
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    sop_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    path: str
+    file_missing: bool
+
+
+def _study_ref(study: Study) -> StudyRef:
+    return StudyRef(study.id, study.study_instance_uid, StudyState(study.state), study.generation,
+                    study.calling_ae_title, study.called_ae_title, study.instance_count)
+
+
+def _sqlite_immediate(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # let us issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Store:
+    """The audit and state database behind one SQLAlchemy URL (SQLite by default)."""
+
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            _sqlite_immediate(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision."""
+        config = AlembicConfig()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed on success and rolled back on error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- audit -----------------------------------------------------------------------------
+
+    def record_event(self, kind: str, outcome: str, **fields: Any) -> None:
+        """Append one audit event (UIDs, AE titles, sizes and a PHI-free ``detail`` dict)."""
+        with self.session() as s:
+            s.add(Event(kind=kind, outcome=outcome, **fields))
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def open_association(self, calling: str, called: str, peer: str) -> int:
+        with self.session() as s:
+            row = Association(calling_ae_title=calling, called_ae_title=called, peer_address=peer)
+            s.add(row)
+            s.flush()
+            s.add(Event(kind="association", outcome="accepted", association_id=row.id,
+                        calling_ae_title=calling, detail={"peer": peer, "called": called}))
+            return row.id
+
+    def close_association(self, association_id: int, outcome: str) -> None:
+        with self.session() as s:
+            row = s.get(Association, association_id)
+            if row is None or row.ended_at is not None:
+                return
+            row.ended_at, row.outcome = utcnow(), outcome
+            s.add(Event(kind="association", outcome=outcome, association_id=row.id,
+                        calling_ae_title=row.calling_ae_title,
+                        detail={"instances": row.instances_received, "bytes": row.bytes_received}))
+
+    def has_instance(self, sop_instance_uid: str) -> bool:
+        with self.session() as s:
+            return s.scalar(select(exists().where(Instance.sop_instance_uid == sop_instance_uid)))
+
+    def record_instance(self, new: NewInstance, association_id: int | None = None) -> bool:
+        """Index a durable spool file; returns False if the SOP Instance UID was already known.
+
+        A study that was already complete (or further) is reopened: it goes back to
+        ``receiving`` with its generation raised, so its next result supersedes the last.
+        """
+        now = utcnow()
+        try:
+            with self.session() as s:
+                study = s.scalar(select(Study).where(Study.study_instance_uid == new.study_instance_uid))
+                if study is None:
+                    study = Study(study_instance_uid=new.study_instance_uid, state=StudyState.RECEIVING.value,
+                                  modality=new.modality, calling_ae_title=new.calling_ae_title,
+                                  called_ae_title=new.called_ae_title, first_received_at=now,
+                                  receiving_since=now, last_received_at=now, state_changed_at=now,
+                                  patient_pseudonym=new.patient_pseudonym, generation=1)
+                    s.add(study)
+                    s.flush()
+                elif study.state != StudyState.RECEIVING.value:
+                    s.add(Event(kind="study", outcome="reopened", study_instance_uid=study.study_instance_uid,
+                                sop_instance_uid=new.sop_instance_uid,
+                                detail={"from": study.state, "generation": study.generation + 1}))
+                    study.state, study.generation = StudyState.RECEIVING.value, study.generation + 1
+                    study.receiving_since = study.state_changed_at = now
+                    study.completed_at = None
+                s.add(Instance(sop_instance_uid=new.sop_instance_uid, study_id=study.id,
+                               series_instance_uid=new.series_instance_uid, sop_class_uid=new.sop_class_uid,
+                               transfer_syntax_uid=new.transfer_syntax_uid, modality=new.modality,
+                               path=new.path, size_bytes=new.size_bytes, received_at=now,
+                               association_id=association_id, generation=study.generation))
+                s.flush()
+                study.instance_count += 1
+                study.total_bytes += new.size_bytes
+                study.last_received_at = now
+                if association_id is not None:
+                    s.execute(update(Association).where(Association.id == association_id).values(
+                        instances_received=Association.instances_received + 1,
+                        bytes_received=Association.bytes_received + new.size_bytes))
+                s.add(Event(kind="instance", outcome="stored", study_instance_uid=new.study_instance_uid,
+                            sop_instance_uid=new.sop_instance_uid, association_id=association_id,
+                            calling_ae_title=new.calling_ae_title, size_bytes=new.size_bytes,
+                            detail={"sop_class": new.sop_class_uid, "transfer_syntax": new.transfer_syntax_uid}))
+            return True
+        except IntegrityError:
+            if self.has_instance(new.sop_instance_uid):
+                return False
+            raise
+
+    # -- completion ------------------------------------------------------------------------
+
+    def complete_quiet_studies(self, quiet_period_s: float, max_wait_s: float,
+                               now: datetime | None = None) -> list[StudyRef]:
+        """Move ``receiving`` studies that have gone quiet (or waited too long) to ``complete``.
+
+        Quiet means: no instance for ``quiet_period_s`` and no open association has sent an
+        instance of the study. ``max_wait_s`` after the study (re)opened, it completes anyway.
+        """
+        now = now or utcnow()
+        still_sending = (
+            select(Instance.id).join(Association, Instance.association_id == Association.id)
+            .where(Instance.study_id == Study.id, Association.ended_at.is_(None)).exists()
+        )
+        quiet = (Study.last_received_at <= now - timedelta(seconds=quiet_period_s)) & ~still_sending
+        capped = Study.receiving_since <= now - timedelta(seconds=max_wait_s)
+        done: list[StudyRef] = []
+        with self.session() as s:
+            for study in s.scalars(select(Study).where(Study.state == StudyState.RECEIVING.value, quiet | capped)):
+                study.state, study.completed_at, study.state_changed_at = StudyState.COMPLETE.value, now, now
+                s.add(Event(kind="study", outcome="complete", study_instance_uid=study.study_instance_uid,
+                            detail={"instances": study.instance_count, "bytes": study.total_bytes,
+                                    "generation": study.generation}))
+                done.append(_study_ref(study))
+        return done
+
+    # -- stage moves -----------------------------------------------------------------------
+
+    def claim_study(self, from_state: StudyState, to_state: StudyState) -> StudyRef | None:
+        """Atomically take the oldest study in ``from_state`` and move it to ``to_state``."""
+        check_move(from_state, to_state)
+        with self.session() as s:
+            study = s.scalar(select(Study).where(Study.state == from_state.value)
+                             .order_by(Study.state_changed_at, Study.id).limit(1))
+            if study is None:
+                return None
+            study.state, study.state_changed_at = to_state.value, utcnow()
+            return _study_ref(study)
+
+    def move_study(self, study: StudyRef, to_state: StudyState, detail: str | None = None,
+                   route_rule: str | None = None) -> bool:
+        """Move ``study`` on if it is still in the state and generation the caller saw.
+
+        Returns False when a late instance reopened the study meanwhile: the caller's work is
+        then stale and the next generation will redo it.
+        """
+        check_move(study.state, to_state)
+        with self.session() as s:
+            values: dict[str, Any] = {"state": to_state.value, "state_changed_at": utcnow(), "detail": detail}
+            if route_rule is not None:
+                values["route_rule"] = route_rule
+            moved = s.execute(update(Study).where(
+                Study.id == study.id, Study.state == study.state.value, Study.generation == study.generation,
+            ).values(**values)).rowcount
+            if moved:
+                s.add(Event(kind="study", outcome=to_state.value, study_instance_uid=study.study_instance_uid,
+                            detail={"generation": study.generation, **({"reason": detail} if detail else {})}))
+            return bool(moved)
+
+    def study(self, study_instance_uid: str) -> StudyRef | None:
+        with self.session() as s:
+            row = s.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
+            return None if row is None else _study_ref(row)
+
+    def instances_of(self, study: StudyRef) -> list[InstanceRef]:
+        with self.session() as s:
+            rows = s.scalars(select(Instance).where(Instance.study_id == study.id).order_by(Instance.id))
+            return [InstanceRef(r.sop_instance_uid, r.series_instance_uid, r.sop_class_uid, r.path, r.file_missing)
+                    for r in rows]
+
+    def count_studies(self) -> dict[str, int]:
+        with self.session() as s:
+            return dict(s.execute(select(Study.state, func.count()).group_by(Study.state)).all())
+
+    # -- restart recovery ------------------------------------------------------------------
+
+    def known_paths(self) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(Instance.path)))
+
+    def recover_after_restart(self, spool_root: Path) -> dict[str, int]:
+        """Close associations left open, flag rows whose file is gone, requeue interrupted work."""
+        now = utcnow()
+        counts = {"associations_interrupted": 0, "files_missing": 0, "studies_requeued": 0}
+        with self.session() as s:
+            counts["associations_interrupted"] = s.execute(
+                update(Association).where(Association.ended_at.is_(None))
+                .values(ended_at=now, outcome="interrupted")).rowcount
+            for row in s.scalars(select(Instance).where(Instance.file_missing.is_(False))):
+                if not (spool_root / row.path).is_file():
+                    row.file_missing = True
+                    counts["files_missing"] += 1
+                    s.add(Event(kind="instance", outcome="file-missing", sop_instance_uid=row.sop_instance_uid,
+                                detail={"path": row.path}))
+            for study in s.scalars(select(Study).where(Study.state == StudyState.PROCESSING.value)):
+                study.state, study.state_changed_at = StudyState.COMPLETE.value, now
+                counts["studies_requeued"] += 1
+                s.add(Event(kind="study", outcome="requeued", study_instance_uid=study.study_instance_uid))
+            s.add(Event(kind="service", outcome="recovered", detail=counts))
+        return counts

@@ -1,0 +1,106 @@
+"""The sonoshot daemon as a real process for tests: its own config, folders and free port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from tests.peers import echo, wait_for
+from tests.util import free_port
+
+KEY = "5f" * 32  # a fixed test key: pseudonyms repeat across restarts, as in production
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+class Daemon:
+    """``sonoshot serve`` in a subprocess; ``overrides`` are merged into its TOML config."""
+
+    def __init__(self, workdir: Path, overrides: dict[str, Any] | None = None, aet: str = "SONOSHOT") -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.aet = aet
+        var = workdir / "var"
+        (workdir / "deid.key").write_text(KEY + "\n")
+        self.config = _merge({
+            "network": {"ae_title": aet, "port": self.port, "bind_address": "127.0.0.1"},
+            "storage": {"spool_dir": str(var / "spool"), "work_dir": str(var / "work"),
+                        "quarantine_dir": str(var / "quarantine"), "min_free_mb": 1},
+            "database": {"url": f"sqlite:///{var / 'sonoshot.db'}"},
+            "completion": {"quiet_period_s": 1.0, "sweep_interval_s": 0.2},
+            "deid": {"key_file": str(workdir / "deid.key")},
+            "http": {"port": free_port()},
+        }, overrides or {})
+        self.config_path = workdir / "sonoshot.toml"
+        self.config_path.write_text(tomli_w.dumps(self.config))
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "sonoshot.log"
+
+    @property
+    def spool(self) -> Path:
+        return Path(self.config["storage"]["spool_dir"])
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.config["database"]["url"].removeprefix("sqlite:///"))
+
+    def start(self, timeout: float = 60.0) -> "Daemon":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sonoshot", "--config", str(self.config_path), "serve"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+        def listening() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sonoshot exited with {self.process.returncode}:\n{self.log()}")
+            return echo("127.0.0.1", self.port, self.aet)
+
+        wait_for(listening, timeout=timeout, interval=0.2, what="sonoshot to answer C-ECHO")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait: the drain path."""
+        if self.process is None:
+            return 0
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: the crash path."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def __enter__(self) -> "Daemon":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.stop()
+
+    def query(self, sql: str, *params: Any) -> list[tuple]:
+        """Read the daemon's SQLite database (as an auditor would)."""
+        with sqlite3.connect(self.db_path, timeout=30) as connection:
+            return connection.execute(sql, params).fetchall()
+
+    def study_state(self, study_uid: str) -> str | None:
+        rows = self.query("select state from studies where study_instance_uid = ?", study_uid)
+        return rows[0][0] if rows else None
