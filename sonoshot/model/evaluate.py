@@ -133,15 +133,16 @@ def _baseline_prototype(sv, sl, qv, text, seed):
 
 
 def _baseline_knn(sv, sl, qv, text, seed):
+    """Mean similarity to the m = min(3, k) nearest abnormal minus the m nearest normal."""
     s, q = sv[:, 0], qv[:, 0]
     sims = q @ s.T
     if not (sl == 1).any():
         loo = s @ s.T
         np.fill_diagonal(loo, -np.inf)
         return 1.0 - sims.max(1), float(np.max(1.0 - loo.max(1)))
-    m = min(3, len(sl))
-    near = np.argsort(-sims, axis=1)[:, :m]
-    return sl[near].mean(1), 0.5
+    m = min(3, int((sl == 0).sum()), int((sl == 1).sum()))
+    near = [np.sort(sims[:, sl == c], axis=1)[:, -m:].mean(1) for c in (0, 1)]
+    return 1.0 / (1.0 + np.exp(-(near[1] - near[0]) / 0.05)), 0.5
 
 
 def _baseline_logreg(sv, sl, qv, text, seed):

@@ -44,11 +44,11 @@ def tta_embedding(views: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    hidden: int = 256  # adapter bottleneck width
-    steps: int = 150  # episodes
+    hidden: int = 64  # adapter bottleneck width
+    steps: int = 300  # episodes
     lr: float = 1e-3  # Adam learning rate
-    temperature: float = 0.05  # cosine logits are divided by this
-    identity_penalty: float = 1.0  # weight of mean ||A(x)||^2 (keeps the head near identity)
+    temperature: float = 0.1  # cosine logits are divided by this
+    identity_penalty: float = 10.0  # weight of mean ||A(x)||^2 (keeps the head near identity)
     noise: float = 0.02  # std of Gaussian noise added to embeddings during training
     text_weight: float = 2.0  # text anchor counts as this many support shots per class
 

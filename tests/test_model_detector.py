@@ -1,0 +1,133 @@
+"""The detector on the real offline backbone (efficientnet-lite0) with real BUSI images and real
+ultrasound DICOM files: fit, score, bundle round trip, backbone check, regression scores."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from sonoshot.config import DetectorConfig
+from sonoshot.model import (DetectorError, ImageScore, create_backbone, fit_detector,
+                            load_bundle, load_detector, save_bundle)
+from sonoshot.model.backbones import Backbone, mask_annotations
+from sonoshot.model.evaluate import read_manifest
+from sonoshot.model.inputs import InputError, crop_box, even_indices, read_input
+from tests import util
+
+CONFIG = DetectorConfig(backbone="efficientnet-lite0")
+# Scores of QUERY under the detector fitted below (seed 0), computed once on CPU.
+REGRESSION_SCORES = [0.52814, 0.3557, 0.26747, 0.31165]
+
+
+@pytest.fixture(scope="module")
+def backbone() -> Backbone:
+    return create_backbone(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def busi_split(busi: Path) -> dict[str, list[Path]]:
+    examples = read_manifest(busi)
+    normal = [busi / e.file for e in examples if e.label == 0]
+    abnormal = [busi / e.file for e in examples if e.label == 1]
+    return {"normal": normal[:3], "abnormal": abnormal[:3],
+            "query": [normal[40], normal[41], abnormal[100], abnormal[101]]}
+
+
+@pytest.fixture(scope="module")
+def fitted(backbone: Backbone, busi_split: dict[str, list[Path]]):
+    normal = [read_input(p, 4) for p in busi_split["normal"]]
+    abnormal = [read_input(p, 4) for p in busi_split["abnormal"]]
+    return fit_detector(backbone, normal, abnormal, CONFIG, seed=0)
+
+
+def test_regression_scores(fitted, busi_split: dict[str, list[Path]]) -> None:
+    frames = [read_input(p, 1).frames[0] for p in busi_split["query"]]
+    np.testing.assert_allclose(fitted.score_frames(frames), REGRESSION_SCORES, atol=2e-3)
+
+
+def test_bundle_round_trip_and_backbone_check(fitted, backbone: Backbone, tmp_path: Path,
+                                              busi_split: dict[str, list[Path]]) -> None:
+    digest = save_bundle(fitted, tmp_path / "b")
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert meta["format_version"] == 1 and meta["backbone"]["sha256"] == backbone.sha256
+    assert [s["sha256"] for s in meta["support"]] == [
+        read_input(p, 1).sha256 for p in busi_split["normal"] + busi_split["abnormal"]]
+    assert meta["metrics"]["support_accuracy"] == 1.0 and meta["mode"] == "labelled"
+    config = dataclasses.replace(CONFIG, bundle=str(tmp_path / "b"), threshold=0.7)
+    loaded = load_detector(config)
+    assert loaded is not None and loaded.bundle_sha256 == digest and loaded.threshold == 0.7
+    frames = [read_input(p, 1).frames[0] for p in busi_split["query"]]
+    np.testing.assert_allclose(loaded.score_frames(frames), fitted.score_frames(frames), rtol=1e-6)
+
+    class OtherWeights(type(backbone)):  # the same network, other weights on disk
+        def __init__(self) -> None:
+            self.__dict__.update(backbone.__dict__)
+            self.sha256 = "0" * 64
+
+    with pytest.raises(DetectorError, match="fitted on backbone efficientnet-lite0"):
+        load_bundle(tmp_path / "b", OtherWeights(), CONFIG)
+    meta["format_version"] = 99
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(DetectorError, match="bundle format 99"):
+        load_bundle(tmp_path / "b", backbone, CONFIG)
+
+
+def test_no_bundle_and_no_text_tower_gives_none() -> None:
+    assert load_detector(CONFIG) is None
+
+
+def test_score_dicom_cine_and_study_aggregation(fitted) -> None:
+    ds = pydicom.dcmread(util.testdata("examples_ybr_color.dcm"))
+    scores = fitted.score_dataset(ds)
+    assert scores[0].sop_instance_uid == ds.SOPInstanceUID and scores[0].frames == (0, 10, 19, 29)
+    assert 0.0 <= scores[0].score <= 1.0
+    images = [ImageScore("a", (0,), 0.9), ImageScore("b", (0,), 0.5), ImageScore("c", (0,), 0.1),
+              ImageScore("d", (0,), 0.3)]
+    expected = {"max": 0.9, "top3-mean": (0.9 + 0.5 + 0.3) / 3, "mean": 0.45}
+    for agg, value in expected.items():
+        fitted.config = dataclasses.replace(CONFIG, study_aggregation=agg)
+        assert fitted.study_score(images) == pytest.approx(value)
+    fitted.config = CONFIG
+    with pytest.raises(ValueError, match="scores"):
+        fitted.study_score([])
+
+
+def test_dicom_crop_to_largest_region(shared_dicom: Path) -> None:
+    ds = pydicom.dcmread(shared_dicom / "orthanc-Issue16.dcm")
+    box = crop_box(ds)
+    assert box is not None
+    image = read_input(shared_dicom / "orthanc-Issue16.dcm", 3)
+    x0, y0, x1, y1 = box
+    assert image.frame_indices == (0, 16, 33)
+    assert image.frames[0].shape[:2] == (y1 - y0 + 1, x1 - x0 + 1)
+    assert crop_box(pydicom.dcmread(shared_dicom / "orthanc-PrivateTags.dcm")) is None
+    assert even_indices(3, 4) == [0, 1, 2] and even_indices(10, 2) == [0, 9]
+
+
+def test_unreadable_inputs_are_named(shared_dicom: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="dcm4che-will-jxl.dcm: not a decodable DICOM"):
+        read_input(shared_dicom / "dcm4che-will-jxl.dcm", 2)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(InputError, match="broken.png: not a readable image"):
+        read_input(bad, 1)
+
+
+def test_too_few_examples(backbone: Backbone, busi_split: dict[str, list[Path]]) -> None:
+    normal = [read_input(p, 1) for p in busi_split["normal"][:1]]
+    with pytest.raises(DetectorError, match="too few examples"):
+        fit_detector(backbone, normal, normal, dataclasses.replace(CONFIG, min_shots=2))
+
+
+def test_mask_fills_coloured_overlay() -> None:
+    rng = np.random.default_rng(0)
+    grey = rng.integers(40, 90, (64, 64), dtype=np.uint8)
+    image = np.repeat(grey[:, :, None], 3, axis=2)
+    image[30:33, 10:50] = (255, 255, 0)  # yellow calliper line
+    out = mask_annotations(image)
+    assert out[31, 10:50].max() < 120 and np.array_equal(out[:20], image[:20])
