@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import ColumnElement, Subquery, func, inspect, or_, select, text
@@ -74,9 +75,28 @@ def _chunks(values: Sequence[_T]) -> Iterator[Sequence[_T]]:
         yield values[start:start + _CHUNK]
 
 
-def schema_ready(store: Store) -> bool:
-    """Whether the database holds sonoshot's tables (the daemon migrates it on start)."""
-    return inspect(store.engine).has_table(Study.__tablename__)
+class DatabaseNotReady(RuntimeError):
+    """The configured database does not exist yet or has no sonoshot tables."""
+
+
+def open_existing(url: str) -> Store:
+    """A :class:`Store` on an existing, migrated database; unlike ``Store(url)`` it creates nothing.
+
+    Raises
+    ------
+    DatabaseNotReady
+        If the SQLite file is missing or the database has no sonoshot tables (the daemon
+        creates them when it starts).
+    """
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise DatabaseNotReady(f"no database at {path} (database.url); has the daemon run yet?")
+    store = Store(url)
+    if not inspect(store.engine).has_table(Study.__tablename__):
+        store.dispose()
+        raise DatabaseNotReady("the database (database.url) has no sonoshot tables; has the daemon run yet?")
+    return store
 
 
 def ping(store: Store) -> None:
@@ -160,7 +180,7 @@ def _deid_times(s: Session, uids: Sequence[str]) -> dict[str, datetime]:
         out.update(s.execute(
             select(Event.study_instance_uid, func.max(Event.at))
             .where(Event.kind == DEID_EVENT_KIND, Event.study_instance_uid.in_(chunk))
-            .group_by(Event.study_instance_uid)).tuples().all())
+            .group_by(Event.study_instance_uid)).all())
     return out
 
 
@@ -186,7 +206,7 @@ def audit_rows(store: Store, since: datetime | None = None) -> list[AuditRow]:
 def studies_by_state(store: Store) -> dict[str, int]:
     """How many studies are in each state, every state named (zero included)."""
     with store.session() as s:
-        counts = dict(s.execute(select(Study.state, func.count()).group_by(Study.state)).tuples().all())
+        counts = dict(s.execute(select(Study.state, func.count()).group_by(Study.state)).all())
     return {state.value: counts.get(state.value, 0) for state in StudyState}
 
 
