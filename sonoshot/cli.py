@@ -10,12 +10,19 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from sonoshot import __version__
 from sonoshot.config import Config, ConfigError, load_config
+from sonoshot.daemon.lifecycle import StudyState
+
+if TYPE_CHECKING:
+    from sonoshot.db.queries import StudySummary
+    from sonoshot.db.store import Store
 
 EXIT_CONFIG = 2
 
@@ -209,6 +216,137 @@ def pull(out: Path) -> None:
     except OSError as exc:
         raise click.ClickException(f"download failed: {exc}") from exc
     click.echo(f"wrote {len(files)} files to {out}")
+
+
+# -- admin and audit -------------------------------------------------------------------------
+
+_SINCE_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class Since(click.ParamType):
+    """A point in time: ISO 8601 (UTC unless it has an offset) or an age such as 30m, 24h, 7d, 2w."""
+
+    name = "ISO|AGE"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        unit = _SINCE_UNITS.get(text[-1:].lower())
+        if unit and text[:-1].isdigit():
+            return datetime.now(timezone.utc) - timedelta(seconds=int(text[:-1]) * unit)
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(f"expected an ISO 8601 time or an age like 24h or 7d, got {text!r}", param, ctx)
+        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _store(ctx: click.Context) -> Store:
+    """The daemon's existing database, read-only use; exits with a message when it is not there."""
+    from sonoshot.db.queries import DatabaseNotReady, open_existing
+
+    try:
+        return open_existing(_config(ctx).database.url)
+    except DatabaseNotReady as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _time(moment: datetime | None) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else "-"
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:
+    """Left-aligned columns, two spaces apart; None shows as '-'."""
+    cells = [header, *[tuple("-" if v is None else str(v) for v in row) for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _score(score: float | None) -> str | None:
+    return None if score is None else f"{score:.3f}"
+
+
+def _studies_table(studies: list[StudySummary]) -> str:
+    return _table(("STUDY INSTANCE UID", "STATE", "INSTANCES", "LAST RECEIVED", "SCORE", "VERDICT", "DELIVERY"),
+                  [(s.study_instance_uid, s.state, s.instance_count, _time(s.last_received_at), _score(s.score),
+                    s.verdict, s.delivery) for s in studies])
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="Studies to list.")
+@click.pass_context
+def status(ctx: click.Context, limit: int) -> None:
+    """Recent studies (state, score, verdict, delivery) and the depth of each queue."""
+    from sonoshot.db import queries
+
+    store = _store(ctx)
+    try:
+        studies, depths = queries.recent_studies(store, limit=limit), queries.queue_depths(store)
+    finally:
+        store.dispose()
+    click.echo(_studies_table(studies) if studies else "no studies yet")
+    click.echo()
+    click.echo(_table(("QUEUE", "DEPTH"), list(depths.items())))
+
+
+@cli.command()
+@click.option("--since", type=Since(), help="Studies received or changed since then (ISO 8601 or 24h, 7d...).")
+@click.option("--state", type=click.Choice([s.value for s in StudyState]), help="Only studies in this state.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many (newest first).")
+@click.pass_context
+def studies(ctx: click.Context, since: datetime | None, state: str | None, limit: int | None) -> None:
+    """List studies, newest first, filtered by time and state."""
+    from sonoshot.db import queries
+
+    store = _store(ctx)
+    try:
+        rows = queries.recent_studies(store, since=since, state=state, limit=limit)
+    finally:
+        store.dispose()
+    click.echo(_studies_table(rows) if rows else "no matching studies")
+
+
+@cli.group()
+def audit() -> None:
+    """Audit trail exports for auditors (identifiers are UIDs and keyed pseudonyms only)."""
+
+
+@audit.command(name="export")
+@click.option("--since", type=Since(), help="Studies received or changed since then (ISO 8601 or 24h, 7d...).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
+@click.pass_context
+def audit_export(ctx: click.Context, since: datetime | None, fmt: str, out: Path | None) -> None:
+    """Per study: received, completed, de-identified, scored and delivered times, model hash, outcome."""
+    import csv
+    import dataclasses
+    import io
+    import json
+
+    from sonoshot.db.queries import AuditRow, audit_rows
+
+    store = _store(ctx)
+    try:
+        rows = audit_rows(store, since)
+    finally:
+        store.dispose()
+    fields = [f.name for f in dataclasses.fields(AuditRow)]
+    records = [{k: _time(v) if isinstance(v, datetime) else v for k, v in dataclasses.asdict(r).items()}
+               for r in rows]
+    if fmt == "json":
+        text = json.dumps(records, indent=2) + "\n"
+    else:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        text = buffer.getvalue()
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        click.echo(f"wrote {len(records)} studies to {out}", err=True)
 
 
 def main(argv: list[str] | None = None) -> int:
