@@ -150,11 +150,11 @@ class OpsHandler(BaseHTTPRequestHandler):
     def _healthz(self) -> None:
         results = self.server.run_checks()
         failing = sorted(name for name, (ok, _detail) in results.items() if not ok)
-        body: dict[str, Any] = {"status": "failing" if failing else "ok",
-                                "checks": {name: {"ok": ok, "detail": detail} for name, (ok, detail) in results.items()}}
+        checks = {name: {"ok": ok, "detail": detail} for name, (ok, detail) in results.items()}
+        body: dict[str, Any] = {"status": "failing" if failing else "ok", "checks": checks}
         if failing:
             body["failing"] = failing
-            log.warning("healthz failing: %s", ", ".join(f"{n} ({results[n][1]})" for n in failing))
+            log.info("healthz failing: %s", ", ".join(f"{n} ({results[n][1]})" for n in failing))
         self._send(HTTPStatus.SERVICE_UNAVAILABLE if failing else HTTPStatus.OK,
                    json.dumps(body, sort_keys=True).encode() + b"\n", "application/json")
 

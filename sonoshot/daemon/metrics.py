@@ -143,7 +143,7 @@ class Metrics:
         registry.register(DiskCollector(spool_root))
 
     def instance_received(self, outcome: str) -> None:
-        """Count one C-STORE answered: ``stored``, ``duplicate`` or ``refused``.
+        """Count one C-STORE answered: ``stored``, ``duplicate``, or ``refused`` (any failure status).
 
         Raises
         ------

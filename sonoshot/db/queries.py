@@ -113,7 +113,7 @@ def _active_since(since: datetime) -> ColumnElement[bool]:
     return or_(Study.last_received_at >= since, Study.state_changed_at >= since)
 
 
-def _filters(since: datetime | None, state: StudyState | None) -> list[ColumnElement[bool]]:
+def _filters(since: datetime | None, state: StudyState | str | None) -> list[ColumnElement[bool]]:
     filters: list[ColumnElement[bool]] = []
     if since is not None:
         filters.append(_active_since(since))
@@ -152,6 +152,8 @@ def recent_studies(store: Store, since: datetime | None = None, state: StudyStat
 
     Parameters
     ----------
+    store
+        The state database.
     since
         Only studies that received an instance or changed state at or after this time.
     state
@@ -165,7 +167,7 @@ def recent_studies(store: Store, since: datetime | None = None, state: StudyStat
         If ``state`` is not a study state.
     """
     with store.session() as s:
-        rows = _study_rows(s, _filters(since, None if state is None else StudyState(state)), limit)
+        rows = _study_rows(s, _filters(since, state), limit)
         deliveries = _deliveries(s, [r.id for _, r in rows if r is not None])
         return [StudySummary(
             study.study_instance_uid, study.state, study.instance_count, study.last_received_at,
