@@ -32,6 +32,7 @@ class Daemon:
         self.workdir = workdir
         self.port = free_port()
         self.aet = aet
+        workdir.mkdir(parents=True, exist_ok=True)
         var = workdir / "var"
         (workdir / "deid.key").write_text(KEY + "\n")
         self.config = _merge({
@@ -65,7 +66,8 @@ class Daemon:
         def listening() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"sonoshot exited with {self.process.returncode}:\n{self.log()}")
-            return echo("127.0.0.1", self.port, self.aet)
+            allowed = self.config["network"].get("allowed_calling_ae_titles") or ["ECHOSCU"]
+            return echo("127.0.0.1", self.port, self.aet, calling_aet=allowed[0])
 
         wait_for(listening, timeout=timeout, interval=0.2, what="sonoshot to answer C-ECHO")
         return self

@@ -181,8 +181,9 @@ def storescu(port: int, files: list[Path], called_aet: str = "SONOSHOT", calling
 
 def dcmsend(port: int, files: list[Path], called_aet: str = "SONOSHOT", calling_aet: str = "DCMSEND",
             timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
-    """Send ``files`` with DCMTK ``dcmsend`` (one presentation context per file's transfer syntax)."""
+    """Send ``files`` with DCMTK ``dcmsend`` (each file's own transfer syntax; real devices write UIDs
+    with leading zeros, which dcmsend would otherwise refuse to send)."""
     require_binary("dcmsend")
-    args = ["dcmsend", "-v", "-aet", calling_aet, "-aec", called_aet, "127.0.0.1", str(port),
+    args = ["dcmsend", "-v", "--no-uid-checks", "-aet", calling_aet, "-aec", called_aet, "127.0.0.1", str(port),
             *map(str, files)]
     return subprocess.run(args, env=DCMTK_ENV, capture_output=True, text=True, timeout=timeout)

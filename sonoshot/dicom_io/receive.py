@@ -18,6 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
+from pydicom.encaps import generate_fragments
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -36,7 +40,36 @@ STATUS_TEXT: dict[int, str] = {
     0xC211: "error: unexpected failure while storing",
     0xC220: "error: a required UID is missing or invalid",
     0xC221: "error: SOP Instance UID differs from the C-STORE request's Affected SOP Instance UID",
+    0xC230: "error: the dataset is truncated or its pixel data does not match its image attributes",
 }
+
+
+def structural_problem(ds: Dataset, transfer_syntax: UID) -> str | None:
+    """Why ``ds`` is not a whole instance (a value shorter than its length, pixel data of the wrong
+    size, broken fragments), or None. Cheap: nothing is decompressed.
+    """
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement) and raw.value is not None and raw.length != 0xFFFFFFFF \
+                and len(raw.value) < raw.length:
+            return f"{tag} value is {len(raw.value)} of {raw.length} bytes"
+    if "PixelData" not in ds:
+        return None
+    try:
+        pixels = ds.PixelData
+        if transfer_syntax.is_encapsulated:
+            fragments = list(generate_fragments(pixels))
+            return None if len(fragments) > 1 else "(7FE0,0010) Pixel Data holds no fragment"
+        samples = int(ds.get("SamplesPerPixel", 1))
+        if ds.get("PhotometricInterpretation") == "YBR_FULL_422":  # PS3.3 C.7.6.3.1.2: 2 values a pixel
+            samples = 2
+        expected = (int(ds.Rows) * int(ds.Columns) * samples
+                    * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.BitsAllocated) + 7) // 8
+    except (AttributeError, TypeError, ValueError) as exc:
+        return f"(7FE0,0010) Pixel Data cannot be checked: {type(exc).__name__}"
+    if len(pixels) not in (expected, expected + expected % 2):
+        return f"(7FE0,0010) Pixel Data is {len(pixels)} bytes, the image attributes need {expected}"
+    return None
 
 
 @dataclass
@@ -68,7 +101,7 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
 
     Returns 0x0000 (also for a duplicate SOP Instance UID, which is stored once), 0xA700 when
     free disk is under the watermark, 0xA701 when the spool cannot be written, 0xC210 for an
-    undecodable dataset, 0xC220 for a missing or invalid Study/Series/SOP Instance UID, and
+    undecodable dataset, 0xC230 for a truncated one or pixel data of the wrong size, 0xC220 for a missing or invalid Study/Series/SOP Instance UID, and
     0xC221 when the dataset's SOP Instance UID differs from the request's.
     """
     request_uid = str(event.request.AffectedSOPInstanceUID or "")
@@ -76,10 +109,13 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
         return _refuse(event, receiver, 0xA700, request_uid)
     try:
         ds = event.dataset
-        for _element in ds:  # decode every element now: a truncated value fails here, not later
+        problem = structural_problem(ds, event.context.transfer_syntax)
+        for _element in ds:  # decode every element now: a malformed value fails here, not later
             pass
     except Exception as exc:  # pydicom raises many types for malformed input
         return _refuse(event, receiver, 0xC210, request_uid, why=type(exc).__name__)
+    if problem:
+        return _refuse(event, receiver, 0xC230, request_uid, why=problem)
     sop_uid = str(ds.get("SOPInstanceUID", ""))
     study_uid = str(ds.get("StudyInstanceUID", ""))
     try:
@@ -182,8 +218,16 @@ def make_ae(network: NetworkConfig) -> AE:
 
 
 def transfer_syntaxes(network: NetworkConfig) -> list[str]:
-    """The transfer syntaxes we accept: pynetdicom's full list plus any the config adds."""
-    return list(dict.fromkeys([*ALL_TRANSFER_SYNTAXES, *network.extra_transfer_syntaxes]))
+    """The transfer syntaxes we accept, in order of preference when a peer offers several.
+
+    pynetdicom accepts the first of our list that the peer proposed. Encapsulated syntaxes come
+    first, so a file is kept in the syntax its sender stored it in rather than decompressed on
+    the way; then Explicit VR Little Endian, which keeps the VR of private elements (needed for
+    de-identification), before Implicit VR and Big Endian; then any the config adds.
+    """
+    native = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+    encapsulated = [uid for uid in ALL_TRANSFER_SYNTAXES if uid not in native]
+    return list(dict.fromkeys([*encapsulated, *native, *network.extra_transfer_syntaxes]))
 
 
 def start_scp(network: NetworkConfig, storage: StorageConfig, store: Store,
