@@ -49,7 +49,7 @@ def serve(ctx: click.Context) -> None:
     """Run the daemon: receive, de-identify, detect, report and deliver."""
     from sonoshot.daemon.service import run_service
 
-    raise SystemExit(run_service(_config(ctx)))
+    raise SystemExit(run_service(_config(ctx), ctx.find_root().params.get("config_path")))
 
 
 @cli.command()

@@ -1,70 +1,158 @@
 """service.py
 ==========
 
-Wiring, start, drain and stop. The database is the only state the stages share; the service
-owns the threads: pynetdicom's server, the APScheduler jobs, and (later stages) the workers.
+Wiring, start, reload, drain and stop. The database is the only state the stages share; the
+service owns the threads: pynetdicom's server, the APScheduler jobs (completion sweep, one
+outbox job per destination, retention), the study workers and the health/metrics server.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
 
 import pydicom
 from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CollectorRegistry
 
-from sonoshot.config import Config
-from sonoshot.daemon import jobs
+from sonoshot.config import Config, load_config
+from sonoshot.daemon import http, jobs, retention
+from sonoshot.daemon.delivery import deliver_due
+from sonoshot.daemon.metrics import Metrics
+from sonoshot.daemon.worker import DetectorSlot, StudyWorker
 from sonoshot.db.store import Store
-from sonoshot.dicom_io.receive import start_scp
+from sonoshot.dicom_io.deid import DeidKeyError, load_key, patient_pseudonym
+from sonoshot.dicom_io.receive import Receiver, start_scp
 from sonoshot.dicom_io.spool import Spool
 from sonoshot.logs import configure_logging
+from sonoshot.model import load_detector
 
 log = logging.getLogger(__name__)
 
 
 class Service:
-    """The running daemon. ``start()`` returns once it listens; ``stop()`` drains and exits."""
+    """The running daemon. ``start()`` returns once it listens; ``stop()`` drains and exits.
 
-    def __init__(self, config: Config) -> None:
+    Raises
+    ------
+    sonoshot.dicom_io.deid.DeidKeyError
+        At construction, if the pseudonym key is missing or shorter than 32 bytes.
+    """
+
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path
+        self.key = load_key(config.deid.key_file)  # refuse to start without a usable key
         self.store = Store(config.database.url)
         self.spool = Spool(config.storage.spool_dir, config.storage.fsync)
+        self.registry = CollectorRegistry()
+        self.metrics = Metrics(self.registry, self.store, config.storage.spool_dir,
+                               [d.name for d in config.delivery.destinations])
         self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
+        self.detectors = DetectorSlot()
         self.server = None
-        self.stopped = threading.Event()
+        self.http: http.OpsServer | None = None
+        self.stop_workers = threading.Event()
+        self.workers: list[StudyWorker] = []
+        self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
         # Stored exactly as received: devices write invalid values, which must not stop us reading.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         self.store.migrate()
         jobs.recover(self.spool, self.store)
-        self.scheduler.add_job(jobs.sweep_completion, "interval", args=[self.store, self.config.completion],
-                               seconds=self.config.completion.sweep_interval_s, id="completion")
+        self.load_detector()
+        config = self.config
+        self.scheduler.add_job(jobs.sweep_completion, "interval", args=[self.store, config.completion],
+                               seconds=config.completion.sweep_interval_s, id="completion")
+        for destination in config.delivery.destinations:
+            self.scheduler.add_job(
+                deliver_due, "interval", seconds=config.delivery.sweep_interval_s, id=f"deliver-{destination.name}",
+                args=[destination, self.store, self.spool, config.delivery, config.network.ae_title,
+                      self.metrics.delivery_failed])
+        self.scheduler.add_job(retention.purge_expired, "interval", seconds=retention.INTERVAL_S, id="retention",
+                               args=[self.store, config.storage.spool_dir, config.storage.work_dir, config.retention])
         self.scheduler.start()
-        self.server, _receiver = start_scp(self.config.network, self.config.storage, self.store)
+        for n in range(config.workers.count):
+            worker = StudyWorker(config, self.store, self.spool, self.key, self.detectors, self.metrics.observe_stage)
+            thread = threading.Thread(target=worker.run, args=[self.stop_workers], name=f"worker-{n}", daemon=True)
+            thread.start()
+            self.workers.append(worker)
+            self.threads.append(thread)
+        receiver = Receiver(self.spool, self.store, config.storage.min_free_mb,
+                            functools.partial(patient_pseudonym, self.key), self.metrics.instance_received)
+        self.server = start_scp(config.network, receiver)
+        if config.http.enabled:
+            self.http = http.start_http(config.http, {
+                "database": http.database_check(self.store),
+                "disk": http.disk_check(config.storage.spool_dir, config.storage.min_free_mb),
+                "scp": http.scp_check(lambda: self.server),
+                "detector": http.detector_check(self.describe_detector),
+            }, self.registry)
         self.store.record_event("service", "started")
 
+    def describe_detector(self) -> str | None:
+        detector = self.detectors.get()
+        if detector is None:
+            return None
+        return f"{detector.backbone_name} {(detector.bundle_sha256 or 'zero-shot')[:12]}"
+
+    def load_detector(self) -> None:
+        """(Re)load the detector from config; held studies are requeued once one is available."""
+        detector = load_detector(self.config.detector)
+        self.detectors.set(detector)
+        log.info("detector: %s", self.describe_detector() or "none (studies wait as awaiting-detector)")
+        if detector is not None:
+            requeued = self.store.requeue_awaiting_detector()
+            if requeued:
+                log.info("%d studies awaiting a detector requeued", requeued)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file's routing rules and detector bundle."""
+        try:
+            fresh = load_config(self.config_path) if self.config_path else self.config
+            self.config = fresh
+            for worker in self.workers:
+                worker.config = fresh
+            self.load_detector()
+            self.store.record_event("service", "reloaded")
+        except Exception as exc:  # a bad reload keeps the running configuration
+            log.error("reload failed, keeping the running configuration: %s", exc)
+
     def stop(self) -> None:
-        """Stop accepting associations, let those in flight finish, stop jobs, close the database."""
+        """Drain: stop accepting associations, let those in flight finish, finish the studies in
+        hand (a study cut short stays ``processing`` and is requeued at the next start), stop
+        the jobs, then close the database. /healthz answers until the very end."""
         if self.server is not None:
             self.server.shutdown()
             self.server = None
+        self.stop_workers.set()
+        for thread in self.threads:
+            thread.join(timeout=120)
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.store.record_event("service", "stopped")
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
         self.store.dispose()
-        self.stopped.set()
 
 
-def run_service(config: Config) -> int:
-    """Run until SIGTERM or SIGINT; returns the process exit status."""
+def run_service(config: Config, config_path: str | None = None) -> int:
+    """Run until SIGTERM or SIGINT (SIGHUP reloads); returns the process exit status."""
     configure_logging(config.logging)
-    service = Service(config)
+    try:
+        service = Service(config, config_path)
+    except DeidKeyError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
     stop_requested = threading.Event()
+    reload_requested = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop_requested.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload_requested.set())
     try:
         service.start()
     except OSError as exc:
@@ -72,7 +160,10 @@ def run_service(config: Config) -> int:
         service.stop()
         return 1
     log.info("sonoshot ready")
-    stop_requested.wait()
+    while not stop_requested.wait(0.5):
+        if reload_requested.is_set():
+            reload_requested.clear()
+            service.reload()
     log.info("stopping: draining work in progress")
     service.stop()
     return 0

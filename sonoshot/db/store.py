@@ -21,8 +21,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from sonoshot.daemon.lifecycle import StudyState, check_move
-from sonoshot.db.models import Association, Event, Instance, Study, utcnow
+from sonoshot.daemon.lifecycle import OutboxState, StudyState, check_move
+from sonoshot.db.models import Association, Delivery, Event, Instance, Result, Study, utcnow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -64,6 +64,44 @@ class InstanceRef:
     sop_class_uid: str
     path: str
     file_missing: bool
+
+
+@dataclass(frozen=True)
+class NewResult:
+    """A detector result ready for the outbox: the SR is already written to ``sr_path``."""
+
+    score: float
+    verdict: str
+    threshold: float
+    bundle_sha256: str
+    backbone: str
+    images_scored: int
+    images_quarantined: int
+    sr_sop_instance_uid: str
+    sr_path: str
+    predecessor_sr_uid: str | None
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ResultRef:
+    id: int
+    study_instance_uid: str
+    generation: int
+    sr_sop_instance_uid: str
+    sr_path: str
+
+
+@dataclass(frozen=True)
+class DeliveryRef:
+    id: int
+    destination: str
+    attempts: int
+    result: ResultRef
+
+
+def _result_ref(row: Result) -> ResultRef:
+    return ResultRef(row.id, row.study.study_instance_uid, row.generation, row.sr_sop_instance_uid, row.sr_path)
 
 
 def _study_ref(study: Study) -> StudyRef:
@@ -295,3 +333,114 @@ class Store:
                 s.add(Event(kind="study", outcome="requeued", study_instance_uid=study.study_instance_uid))
             s.add(Event(kind="service", outcome="recovered", detail=counts))
         return counts
+
+    # -- de-identification, results and the outbox -----------------------------------------
+
+    def record_deid(self, study: StudyRef, sop_instance_uid: str, ok: bool, reason: str | None) -> None:
+        """Note whether an instance was de-identified or quarantined (``reason`` holds no PHI)."""
+        with self.session() as s:
+            s.execute(update(Instance).where(Instance.sop_instance_uid == sop_instance_uid).values(
+                deid_status="ok" if ok else "quarantined", deid_reason=reason))
+            s.add(Event(kind="deid", outcome="ok" if ok else "quarantined", study_instance_uid=study.study_instance_uid,
+                        sop_instance_uid=sop_instance_uid, detail={"reason": reason} if reason else None))
+
+    def latest_result(self, study: StudyRef) -> ResultRef | None:
+        with self.session() as s:
+            row = s.scalar(select(Result).where(Result.study_id == study.id).order_by(Result.id.desc()).limit(1))
+            return None if row is None else _result_ref(row)
+
+    def add_result(self, study: StudyRef, new: NewResult, destinations: list[str]) -> ResultRef | None:
+        """Store a result, queue it for each destination and move the study to ``reported``.
+
+        All or nothing, and only if the study is still in the state and generation the worker
+        claimed; returns None when a late instance reopened it meanwhile. A result whose SR UID
+        exists already (the same study, instances and bundle) is not queued twice.
+        """
+        check_move(study.state, StudyState.REPORTED)
+        with self.session() as s:
+            moved = s.execute(update(Study).where(
+                Study.id == study.id, Study.state == study.state.value, Study.generation == study.generation,
+            ).values(state=StudyState.REPORTED.value, state_changed_at=utcnow(), detail=None)).rowcount
+            if not moved:
+                return None
+            row = s.scalar(select(Result).where(Result.sr_sop_instance_uid == new.sr_sop_instance_uid))
+            if row is None:
+                row = Result(study_id=study.id, generation=study.generation, **vars(new))
+                s.add(row)
+                s.flush()
+                for name in destinations:
+                    s.add(Delivery(result_id=row.id, destination=name, state=OutboxState.PENDING.value))
+            s.add(Event(kind="result", outcome=new.verdict, study_instance_uid=study.study_instance_uid,
+                        sop_instance_uid=new.sr_sop_instance_uid,
+                        detail={"score": new.score, "threshold": new.threshold, "bundle": new.bundle_sha256,
+                                "generation": study.generation, "timings": new.timings}))
+            s.flush()
+            if not destinations:
+                s.add(Event(kind="delivery", outcome="no-destination", study_instance_uid=study.study_instance_uid))
+            return _result_ref(row)
+
+    def due_deliveries(self, destination: str, now: datetime | None = None, limit: int = 20) -> list[DeliveryRef]:
+        now = now or utcnow()
+        with self.session() as s:
+            rows = s.scalars(select(Delivery).where(
+                Delivery.destination == destination, Delivery.state == OutboxState.PENDING.value,
+                Delivery.next_attempt_at <= now).order_by(Delivery.next_attempt_at, Delivery.id).limit(limit))
+            return [DeliveryRef(r.id, r.destination, r.attempts, _result_ref(r.result)) for r in rows]
+
+    def record_attempt(self, delivery: DeliveryRef, delivered: bool, status: str, error: str | None,
+                       retry_in_s: float | None) -> OutboxState:
+        """Record one delivery attempt; ``retry_in_s`` None means give up (dead-letter).
+
+        The study becomes ``delivered`` once every destination of its latest result has it, and
+        ``dead-letter`` once none is pending and any gave up.
+        """
+        now = utcnow()
+        with self.session() as s:
+            row = s.get(Delivery, delivery.id)
+            row.attempts += 1
+            row.last_status, row.last_error = status, error
+            if delivered:
+                row.state, row.delivered_at = OutboxState.DELIVERED.value, now
+            elif retry_in_s is None:
+                row.state = OutboxState.DEAD_LETTER.value
+            else:
+                row.next_attempt_at = now + timedelta(seconds=retry_in_s)
+            study = row.result.study
+            s.add(Event(kind="delivery", outcome=row.state if row.state != OutboxState.PENDING.value else "retry",
+                        study_instance_uid=study.study_instance_uid, sop_instance_uid=row.result.sr_sop_instance_uid,
+                        detail={"destination": row.destination, "attempt": row.attempts, "status": status,
+                                **({"error": error} if error else {})}))
+            s.flush()
+            latest = s.scalar(select(Result.id).where(Result.study_id == study.id).order_by(Result.id.desc()).limit(1))
+            states = set(s.scalars(select(Delivery.state).where(Delivery.result_id == latest)))
+            if study.state in (StudyState.REPORTED.value, StudyState.DEAD_LETTER.value) and row.result_id == latest \
+                    and OutboxState.PENDING.value not in states:
+                final = StudyState.DEAD_LETTER if OutboxState.DEAD_LETTER.value in states else StudyState.DELIVERED
+                if final.value != study.state:
+                    study.state, study.state_changed_at = final.value, now
+                    s.add(Event(kind="study", outcome=final.value, study_instance_uid=study.study_instance_uid))
+            return OutboxState(row.state)
+
+    def requeue_dead_letters(self, study_instance_uid: str | None = None) -> int:
+        """Put dead-letter deliveries (of one study, or all) back in the outbox, due now."""
+        now = utcnow()
+        with self.session() as s:
+            query = select(Delivery).join(Result).join(Study).where(Delivery.state == OutboxState.DEAD_LETTER.value)
+            if study_instance_uid:
+                query = query.where(Study.study_instance_uid == study_instance_uid)
+            rows = list(s.scalars(query))
+            for row in rows:
+                row.state, row.next_attempt_at = OutboxState.PENDING.value, now
+                study = row.result.study
+                if study.state == StudyState.DEAD_LETTER.value:
+                    study.state, study.state_changed_at = StudyState.REPORTED.value, now
+                s.add(Event(kind="delivery", outcome="requeued", study_instance_uid=study.study_instance_uid,
+                            detail={"destination": row.destination}))
+            return len(rows)
+
+    def requeue_awaiting_detector(self) -> int:
+        """Send studies held for want of a detector back to ``complete`` (a detector is now loaded)."""
+        now = utcnow()
+        with self.session() as s:
+            return s.execute(update(Study).where(Study.state == StudyState.AWAITING_DETECTOR.value)
+                             .values(state=StudyState.COMPLETE.value, state_changed_at=now)).rowcount

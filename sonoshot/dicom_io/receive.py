@@ -25,7 +25,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from sonoshot.config import NetworkConfig, StorageConfig, TLSConfig
+from sonoshot.config import NetworkConfig, TLSConfig
 from sonoshot.db.store import NewInstance, Store
 from sonoshot.dicom_io.spool import Spool, UnsafeUID
 
@@ -80,6 +80,7 @@ class Receiver:
     store: Store
     min_free_mb: int
     pseudonymize_patient: Callable[[str], str] | None = None
+    count_outcome: Callable[[str], None] = lambda _outcome: None  # stored, duplicate, refused (metrics)
     open_associations: dict[object, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -87,6 +88,7 @@ class Receiver:
 def _refuse(event: evt.Event, receiver: Receiver, status: int, sop_uid: str | None = None,
             study_uid: str | None = None, why: str | None = None) -> int:
     calling = event.assoc.requestor.ae_title
+    receiver.count_outcome("refused")
     log.warning("C-STORE from %s: status 0x%04X %s%s (SOP Instance %s)", calling, status, STATUS_TEXT[status],
                 f": {why}" if why else "", sop_uid or "unknown")
     receiver.store.record_event("instance", f"status-0x{status:04X}", sop_instance_uid=sop_uid,
@@ -127,6 +129,7 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
     if receiver.store.has_instance(sop_uid):
         receiver.store.record_event("instance", "duplicate", sop_instance_uid=sop_uid, study_instance_uid=study_uid,
                                     calling_ae_title=event.assoc.requestor.ae_title)
+        receiver.count_outcome("duplicate")
         return SUCCESS
     try:
         size = receiver.spool.put(relative, event.encoded_dataset(include_meta=True))
@@ -142,6 +145,7 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
         patient_pseudonym=receiver.pseudonymize_patient(patient_id)
         if receiver.pseudonymize_patient and patient_id else None,
     ), association_id=receiver.open_associations.get(event.assoc))
+    receiver.count_outcome("stored")
     return SUCCESS
 
 
@@ -230,10 +234,8 @@ def transfer_syntaxes(network: NetworkConfig) -> list[str]:
     return list(dict.fromkeys([*encapsulated, *native, *network.extra_transfer_syntaxes]))
 
 
-def start_scp(network: NetworkConfig, storage: StorageConfig, store: Store,
-              pseudonymize_patient: Callable[[str], str] | None = None) -> tuple[ThreadedAssociationServer, Receiver]:
-    """Start the storage SCP in background threads; returns the server and its receiver state."""
-    receiver = Receiver(Spool(storage.spool_dir, storage.fsync), store, storage.min_free_mb, pseudonymize_patient)
+def start_scp(network: NetworkConfig, receiver: Receiver) -> ThreadedAssociationServer:
+    """Start the storage SCP in background threads, its handlers bound to ``receiver``."""
     ae = make_ae(network)
     bound = [receiver]
     handlers = [
@@ -249,4 +251,4 @@ def start_scp(network: NetworkConfig, storage: StorageConfig, store: Store,
                              ssl_context=ssl_context)
     log.info("storage SCP %s listening on %s:%d%s", network.ae_title, network.bind_address, network.port,
              " (TLS)" if ssl_context else "")
-    return server, receiver
+    return server

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 INCOMING = ".incoming"
+REPORTS = ".reports"  # SRs we built, kept until delivered; never indexed as received instances
 SUFFIX = ".dcm"
 
 # PS3.5 9.1: digits and dots, at most 64 characters. Real devices write leading zeros in a
@@ -94,8 +95,13 @@ class Spool:
         return shutil.disk_usage(self.root).free / 2**20
 
     def stored_files(self) -> list[str]:
-        """Every spool-relative instance path on disk (not the incoming folder)."""
-        return sorted(str(p.relative_to(self.root)) for p in self.root.glob(f"*/*/*{SUFFIX}"))
+        """Every spool-relative received instance path on disk (not our own folders)."""
+        return sorted(str(p.relative_to(self.root)) for p in self.root.glob(f"*/*/*{SUFFIX}")
+                      if not p.relative_to(self.root).parts[0].startswith("."))
+
+    def report_path(self, study_uid: str, sr_uid: str) -> str:
+        """The spool-relative path for an SR we built about ``study_uid``."""
+        return f"{REPORTS}/{check_uid(study_uid, 'StudyInstanceUID')}/{check_uid(sr_uid, 'SOPInstanceUID')}{SUFFIX}"
 
     def discard_incomplete(self) -> int:
         """Delete partial files left by a crash; they were never acknowledged."""

@@ -1,0 +1,58 @@
+"""delivery.py
+===========
+
+The outbox: each destination has its own scheduled job that sends its due SRs, so a PACS
+that is down or slow never holds up another. Failures back off exponentially up to a cap;
+after ``max_attempts`` (or a permanent refusal) a delivery becomes ``dead-letter`` until
+``sonoshot resend`` puts it back. The SR's SOP Instance UID is deterministic, so a send
+repeated after a crash files no duplicate in the PACS.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from pydicom import dcmread
+
+from sonoshot.config import DeliveryConfig, Destination
+from sonoshot.daemon.lifecycle import OutboxState
+from sonoshot.db.store import DeliveryRef, Store
+from sonoshot.dicom_io.send import send_datasets
+from sonoshot.dicom_io.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+def backoff_s(attempts: int, delivery: DeliveryConfig) -> float:
+    """Delay before the next try after ``attempts`` failed ones: doubling, capped."""
+    return min(delivery.backoff_initial_s * 2 ** max(attempts - 1, 0), delivery.backoff_max_s)
+
+
+def deliver_due(destination: Destination, store: Store, spool: Spool, delivery: DeliveryConfig,
+                calling_ae_title: str, on_failure: Callable[[str], None] | None = None) -> int:
+    """Send every due SR for ``destination``; returns how many were delivered."""
+    delivered = 0
+    for item in store.due_deliveries(destination.name):
+        if _attempt(item, destination, store, spool, delivery, calling_ae_title) is OutboxState.DELIVERED:
+            delivered += 1
+        elif on_failure is not None:
+            on_failure(destination.name)
+    return delivered
+
+
+def _attempt(item: DeliveryRef, destination: Destination, store: Store, spool: Spool, delivery: DeliveryConfig,
+             calling_ae_title: str) -> OutboxState:
+    attempt = item.attempts + 1
+    path = spool.path(item.result.sr_path)
+    if not path.is_file():
+        return store.record_attempt(item, False, "no-file", "the SR file is missing from the spool", None)
+    outcome = send_datasets(destination, [dcmread(path)], calling_ae_title)
+    status = ",".join("none" if s.status is None else f"0x{s.status:04X}" for s in outcome.statuses) or "none"
+    if outcome.delivered:
+        log.info("SR %s delivered to %s (attempt %d)", item.result.sr_sop_instance_uid, destination.name, attempt)
+        return store.record_attempt(item, True, status, None, None)
+    retry = backoff_s(attempt, delivery) if outcome.transient and attempt < delivery.max_attempts else None
+    log.warning("SR %s to %s failed (attempt %d, %s): %s", item.result.sr_sop_instance_uid, destination.name,
+                attempt, "retry in %.0f s" % retry if retry is not None else "dead-letter", outcome.detail)
+    return store.record_attempt(item, False, status, outcome.detail, retry)
