@@ -33,7 +33,7 @@ def configure_logging(config: LoggingConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.level)
-    for noisy in ("pynetdicom", "apscheduler", "alembic"):
+    for noisy in ("pynetdicom", "apscheduler", "alembic", "highdicom"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     # Real devices write invalid values (UIDs with leading zeros); reading stays lenient and quiet.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
