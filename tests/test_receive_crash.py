@@ -128,7 +128,9 @@ def test_acknowledged_instances_survive_kill_9(crash: Crash):
     daemon, files = crash.daemon, crash.files
     # The crash happened mid-transfer: storescu failed, and had some but not all instances stored.
     assert crash.sender_returncode != 0, crash.sender_log[-2000:]
-    assert KILL_AFTER <= len(crash.acknowledged) < COUNT, crash.sender_log[-2000:]
+    # One association sends serially: every row but possibly the newest was answered before the
+    # next file was sent, so at least rows_at_kill - 1 instances were logged as acknowledged.
+    assert crash.rows_at_kill - 1 <= len(crash.acknowledged) < COUNT, crash.sender_log[-2000:]
     assert crash.acknowledged <= set(files)
 
     rows = dict(daemon.query("select sop_instance_uid, path from instances"))
