@@ -349,6 +349,42 @@ def audit_export(ctx: click.Context, since: datetime | None, fmt: str, out: Path
         click.echo(f"wrote {len(records)} studies to {out}", err=True)
 
 
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--calling-ae", default="", help="Calling AE title to match rules against.")
+@click.option("--called-ae", default=None, help="Called AE title (default: network.ae_title).")
+@click.pass_context
+def route(ctx: click.Context, file: Path, calling_ae: str, called_ae: str | None) -> None:
+    """Dry-run the routing rules on a DICOM file: print the rule that matches and its action."""
+    from pydicom import dcmread
+
+    from sonoshot.daemon.routing import route as match_rule
+
+    config = _config(ctx)
+    header = dcmread(file, stop_before_pixels=True, force=True)
+    rule = match_rule(header, calling_ae, called_ae or config.network.ae_title, config.routing.rules)
+    click.echo(f"{rule.action}\t{rule.name}")
+
+
+@cli.command()
+@click.argument("study_uid", required=False)
+@click.option("--dead-letter", "all_dead", is_flag=True, help="Retry every dead-letter delivery.")
+@click.pass_context
+def resend(ctx: click.Context, study_uid: str | None, all_dead: bool) -> None:
+    """Put a study's failed deliveries (or all dead-letter ones) back in the outbox, due now.
+
+    The running daemon sends them on its next outbox sweep.
+    """
+    if bool(study_uid) == all_dead:
+        raise click.UsageError("give either a STUDY_UID or --dead-letter")
+    store = _store(ctx)
+    try:
+        count = store.requeue_dead_letters(study_uid)
+    finally:
+        store.dispose()
+    click.echo(f"{count} deliveries queued again")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 for configuration errors)."""
     try:

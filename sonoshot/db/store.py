@@ -422,12 +422,16 @@ class Store:
             return OutboxState(row.state)
 
     def requeue_dead_letters(self, study_instance_uid: str | None = None) -> int:
-        """Put dead-letter deliveries (of one study, or all) back in the outbox, due now."""
+        """Put dead-letter deliveries back in the outbox, due now: all of them, or every
+        undelivered one (dead-letter or waiting on backoff) of one study."""
         now = utcnow()
         with self.session() as s:
-            query = select(Delivery).join(Result).join(Study).where(Delivery.state == OutboxState.DEAD_LETTER.value)
+            query = select(Delivery).join(Result).join(Study)
             if study_instance_uid:
-                query = query.where(Study.study_instance_uid == study_instance_uid)
+                query = query.where(Study.study_instance_uid == study_instance_uid,
+                                    Delivery.state != OutboxState.DELIVERED.value)
+            else:
+                query = query.where(Delivery.state == OutboxState.DEAD_LETTER.value)
             rows = list(s.scalars(query))
             for row in rows:
                 row.state, row.next_attempt_at = OutboxState.PENDING.value, now
