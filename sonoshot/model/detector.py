@@ -32,7 +32,8 @@ from sonoshot import __version__
 from sonoshot.config import DetectorConfig
 from sonoshot.model.backbones import Backbone, create_backbone, prepare_image
 from sonoshot.model.head import (HeadConfig, ProjectionHead, abnormal_probability,
-                                 augment_views, prototypes, train_head, tta_embedding)
+                                 augment_views, prototypes, support_embedding, train_head,
+                                 tta_embedding)
 from sonoshot.model.inputs import InputImage, dataset_frames
 from sonoshot.model.prompts import class_prompts, ensemble
 
@@ -127,7 +128,8 @@ def fit_state(views: np.ndarray, labels: np.ndarray, text: np.ndarray | None, se
     Returns
     -------
     HeadState
-        The threshold is chosen by leave-one-out on the support set (head fixed, the left-out
+        Support prototypes average all augmentation views of each example (only the
+        test-time flip views without ``augment``). The threshold is chosen by leave-one-out on the support set (head fixed, the left-out
         example removed from its prototype), maximising Youden's J; the normal-only mode
         without text takes the largest leave-one-out normal score.
 
@@ -143,7 +145,8 @@ def fit_state(views: np.ndarray, labels: np.ndarray, text: np.ndarray | None, se
     if not has_normal and text is None:
         raise DetectorError("no normal example and no text tower: nothing to anchor a detector")
     dim = views.shape[-1] if len(views) else text.shape[-1]  # type: ignore[union-attr]
-    emb = tta_embedding(views) if len(views) else np.zeros((0, dim), np.float32)
+    pool = support_embedding if augment else tta_embedding
+    emb = pool(views) if len(views) else np.zeros((0, dim), np.float32)
     head, metrics = None, {}
     if has_abnormal and project:
         head, metrics = train_head(views, labels, text, head_config, seed, augment)

@@ -42,6 +42,12 @@ def tta_embedding(views: np.ndarray) -> np.ndarray:
     return mean / np.linalg.norm(mean, axis=1, keepdims=True)
 
 
+def support_embedding(views: np.ndarray) -> np.ndarray:
+    """Prototype embedding of support examples: the normalised mean over all views."""
+    mean = views.mean(axis=1)
+    return mean / np.linalg.norm(mean, axis=1, keepdims=True)
+
+
 @dataclass(frozen=True)
 class HeadConfig:
     hidden: int = 64  # adapter bottleneck width
