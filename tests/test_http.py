@@ -12,12 +12,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from sonoshot.config import HttpConfig, NetworkConfig, StorageConfig
+from sonoshot.config import HttpConfig, NetworkConfig
 from sonoshot.daemon.http import database_check, detector_check, disk_check, scp_check, start_http
 from sonoshot.daemon.lifecycle import StudyState
 from sonoshot.daemon.metrics import Metrics
 from sonoshot.db.store import Store
-from sonoshot.dicom_io.receive import start_scp
+from sonoshot.dicom_io.receive import Receiver, start_scp
+from sonoshot.dicom_io.spool import Spool
 from tests.ops_rows import drive, new_store, receive, study_uid
 from tests.util import free_port
 
@@ -107,7 +108,7 @@ def test_a_check_that_hangs_fails_by_timeout(serve):
 
 def test_scp_check_follows_the_real_scp(serve, store, tmp_path):
     network = NetworkConfig(port=free_port(), bind_address="127.0.0.1")
-    scp, _receiver = start_scp(network, StorageConfig(spool_dir=tmp_path / "spool"), store)
+    scp = start_scp(network, Receiver(Spool(tmp_path / "spool"), store, min_free_mb=0))
     holder = {"server": scp}
     server = serve({"scp": scp_check(lambda: holder["server"])})
     status, _, body = get(server, "/healthz")

@@ -179,4 +179,4 @@ def test_resend_after_restart_stores_each_instance_once(crash: Crash):
     assert len(per_study) == STUDIES
     assert sum(per_study.values()) == COUNT
     # Each instance was recorded once across both runs (recovery included), never twice.
-    assert daemon.query("select count(*) from events where kind = 'instance' and outcome = 'stored'") == [(COUNT,)]
+    assert daemon.query("select count(*), count(distinct sop_instance_uid) from instances") == [(COUNT, COUNT)]

@@ -101,7 +101,7 @@ def open_existing(url: str) -> Store:
 
 def ping(store: Store) -> None:
     """Run ``SELECT 1``; raises whatever the driver raises when the database is unusable."""
-    with store.session() as s:
+    with store.read_session() as s:
         s.execute(text("SELECT 1"))
 
 
@@ -166,7 +166,7 @@ def recent_studies(store: Store, since: datetime | None = None, state: StudyStat
     ValueError
         If ``state`` is not a study state.
     """
-    with store.session() as s:
+    with store.read_session() as s:
         rows = _study_rows(s, _filters(since, state), limit)
         deliveries = _deliveries(s, [r.id for _, r in rows if r is not None])
         return [StudySummary(
@@ -188,7 +188,7 @@ def _deid_times(s: Session, uids: Sequence[str]) -> dict[str, datetime]:
 
 def audit_rows(store: Store, since: datetime | None = None) -> list[AuditRow]:
     """Per study, oldest first: receipt, completion, de-identification, scoring and delivery."""
-    with store.session() as s:
+    with store.read_session() as s:
         rows = list(reversed(_study_rows(s, _filters(since, None), None)))
         deliveries = _deliveries(s, [r.id for _, r in rows if r is not None])
         deid = _deid_times(s, [study.study_instance_uid for study, _ in rows])
@@ -207,7 +207,7 @@ def audit_rows(store: Store, since: datetime | None = None) -> list[AuditRow]:
 
 def studies_by_state(store: Store) -> dict[str, int]:
     """How many studies are in each state, every state named (zero included)."""
-    with store.session() as s:
+    with store.read_session() as s:
         counts = dict(s.execute(select(Study.state, func.count()).group_by(Study.state)).all())
     return {state.value: counts.get(state.value, 0) for state in StudyState}
 
@@ -215,7 +215,7 @@ def studies_by_state(store: Store) -> dict[str, int]:
 def queue_depths(store: Store) -> dict[str, int]:
     """Work waiting in each queue of :data:`QUEUES` (studies per state, outbox rows pending)."""
     by_state = studies_by_state(store)
-    with store.session() as s:
+    with store.read_session() as s:
         pending = s.scalar(select(func.count()).select_from(Delivery)
                            .where(Delivery.state == OutboxState.PENDING.value))
     return {"complete": by_state[StudyState.COMPLETE.value],
@@ -226,7 +226,7 @@ def queue_depths(store: Store) -> dict[str, int]:
 
 def open_associations(store: Store) -> int:
     """Associations accepted and not yet ended."""
-    with store.session() as s:
+    with store.read_session() as s:
         return s.scalar(select(func.count()).select_from(Association).where(Association.ended_at.is_(None))) or 0
 
 
@@ -242,7 +242,7 @@ def _settled_before(cutoff: datetime) -> ColumnElement[bool]:
 def spool_purge_candidates(store: Store, settled_before: datetime) -> list[str]:
     """Study UIDs settled at or before ``settled_before`` that still have spool files indexed."""
     live = select(Instance.id).where(Instance.study_id == Study.id, Instance.file_missing.is_(False)).exists()
-    with store.session() as s:
+    with store.read_session() as s:
         return list(s.scalars(select(Study.study_instance_uid).where(_settled_before(settled_before), live)
                               .order_by(Study.state_changed_at)))
 
@@ -251,7 +251,7 @@ def settled_studies(store: Store, study_uids: Iterable[str], settled_before: dat
     """Those of ``study_uids`` whose study has been settled since ``settled_before`` or longer."""
     uids = sorted(set(study_uids))
     out: list[str] = []
-    with store.session() as s:
+    with store.read_session() as s:
         for chunk in _chunks(uids):
             out += s.scalars(select(Study.study_instance_uid)
                              .where(Study.study_instance_uid.in_(chunk), _settled_before(settled_before)))

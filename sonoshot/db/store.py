@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import create_engine, event, exists, func, select, update
+from sqlalchemy import create_engine, event, exists, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,6 +25,7 @@ from sonoshot.daemon.lifecycle import OutboxState, StudyState, check_move
 from sonoshot.db.models import Association, Delivery, Event, Instance, Result, Study, utcnow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+READ_ONLY = "sonoshot_read_only"  # execution option: a plain (deferred) BEGIN, no write lock
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,8 @@ def _sqlite_immediate(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 class Store:
@@ -134,7 +136,9 @@ class Store:
         self.engine = create_engine(url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             _sqlite_immediate(self.engine)
+        self.reader = self.engine.execution_options(**{READ_ONLY: True})
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(self.reader, expire_on_commit=False)
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""
@@ -148,6 +152,12 @@ class Store:
     def session(self) -> Iterator[Session]:
         """A session committed on success and rolled back on error."""
         with self._sessions() as session, session.begin():
+            yield session
+
+    @contextlib.contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A session for queries only: it never takes the SQLite write lock."""
+        with self._read_sessions() as session, session.begin():
             yield session
 
     def dispose(self) -> None:
@@ -177,56 +187,57 @@ class Store:
             if row is None or row.ended_at is not None:
                 return
             row.ended_at, row.outcome = utcnow(), outcome
+            row.instances_received, row.bytes_received = s.execute(
+                select(func.count(), func.coalesce(func.sum(Instance.size_bytes), 0))
+                .where(Instance.association_id == association_id)).one()
             s.add(Event(kind="association", outcome=outcome, association_id=row.id,
                         calling_ae_title=row.calling_ae_title,
                         detail={"instances": row.instances_received, "bytes": row.bytes_received}))
 
     def has_instance(self, sop_instance_uid: str) -> bool:
-        with self.session() as s:
-            return s.scalar(select(exists().where(Instance.sop_instance_uid == sop_instance_uid)))
+        with self.reader.connect() as c:
+            return bool(c.scalar(select(exists().where(Instance.sop_instance_uid == sop_instance_uid))))
 
     def record_instance(self, new: NewInstance, association_id: int | None = None) -> bool:
         """Index a durable spool file; returns False if the SOP Instance UID was already known.
 
         A study that was already complete (or further) is reopened: it goes back to
         ``receiving`` with its generation raised, so its next result supersedes the last.
+        This runs once per received instance, so it uses three Core statements in one
+        transaction; the instance row itself is the audit record of the receipt.
         """
         now = utcnow()
         try:
-            with self.session() as s:
-                study = s.scalar(select(Study).where(Study.study_instance_uid == new.study_instance_uid))
+            with self.engine.begin() as c:
+                study = c.execute(select(Study.id, Study.state, Study.generation)
+                                  .where(Study.study_instance_uid == new.study_instance_uid)).first()
                 if study is None:
-                    study = Study(study_instance_uid=new.study_instance_uid, state=StudyState.RECEIVING.value,
-                                  modality=new.modality, calling_ae_title=new.calling_ae_title,
-                                  called_ae_title=new.called_ae_title, first_received_at=now,
-                                  receiving_since=now, last_received_at=now, state_changed_at=now,
-                                  patient_pseudonym=new.patient_pseudonym, generation=1)
-                    s.add(study)
-                    s.flush()
-                elif study.state != StudyState.RECEIVING.value:
-                    s.add(Event(kind="study", outcome="reopened", study_instance_uid=study.study_instance_uid,
-                                sop_instance_uid=new.sop_instance_uid,
-                                detail={"from": study.state, "generation": study.generation + 1}))
-                    study.state, study.generation = StudyState.RECEIVING.value, study.generation + 1
-                    study.receiving_since = study.state_changed_at = now
-                    study.completed_at = None
-                s.add(Instance(sop_instance_uid=new.sop_instance_uid, study_id=study.id,
-                               series_instance_uid=new.series_instance_uid, sop_class_uid=new.sop_class_uid,
-                               transfer_syntax_uid=new.transfer_syntax_uid, modality=new.modality,
-                               path=new.path, size_bytes=new.size_bytes, received_at=now,
-                               association_id=association_id, generation=study.generation))
-                s.flush()
-                study.instance_count += 1
-                study.total_bytes += new.size_bytes
-                study.last_received_at = now
-                if association_id is not None:
-                    s.execute(update(Association).where(Association.id == association_id).values(
-                        instances_received=Association.instances_received + 1,
-                        bytes_received=Association.bytes_received + new.size_bytes))
-                s.add(Event(kind="instance", outcome="stored", study_instance_uid=new.study_instance_uid,
-                            sop_instance_uid=new.sop_instance_uid, association_id=association_id,
-                            calling_ae_title=new.calling_ae_title, size_bytes=new.size_bytes,
-                            detail={"sop_class": new.sop_class_uid, "transfer_syntax": new.transfer_syntax_uid}))
+                    study_id, generation = c.execute(insert(Study).values(
+                        study_instance_uid=new.study_instance_uid, state=StudyState.RECEIVING.value,
+                        modality=new.modality, calling_ae_title=new.calling_ae_title,
+                        called_ae_title=new.called_ae_title, first_received_at=now, receiving_since=now,
+                        last_received_at=now, state_changed_at=now, patient_pseudonym=new.patient_pseudonym,
+                        generation=1, instance_count=0, total_bytes=0)).inserted_primary_key[0], 1
+                else:
+                    study_id, generation = study.id, study.generation
+                    if study.state != StudyState.RECEIVING.value:
+                        generation += 1
+                        c.execute(update(Study).where(Study.id == study_id).values(
+                            state=StudyState.RECEIVING.value, generation=generation, receiving_since=now,
+                            state_changed_at=now, completed_at=None))
+                        c.execute(insert(Event).values(
+                            kind="study", outcome="reopened", study_instance_uid=new.study_instance_uid,
+                            sop_instance_uid=new.sop_instance_uid, at=now,
+                            detail={"from": study.state, "generation": generation}))
+                c.execute(insert(Instance).values(
+                    sop_instance_uid=new.sop_instance_uid, study_id=study_id,
+                    series_instance_uid=new.series_instance_uid, sop_class_uid=new.sop_class_uid,
+                    transfer_syntax_uid=new.transfer_syntax_uid, modality=new.modality, path=new.path,
+                    size_bytes=new.size_bytes, received_at=now, association_id=association_id,
+                    generation=generation, file_missing=False))
+                c.execute(update(Study).where(Study.id == study_id).values(
+                    instance_count=Study.instance_count + 1, total_bytes=Study.total_bytes + new.size_bytes,
+                    last_received_at=now))
             return True
         except IntegrityError:
             if self.has_instance(new.sop_instance_uid):
@@ -293,24 +304,24 @@ class Store:
             return bool(moved)
 
     def study(self, study_instance_uid: str) -> StudyRef | None:
-        with self.session() as s:
+        with self.read_session() as s:
             row = s.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
             return None if row is None else _study_ref(row)
 
     def instances_of(self, study: StudyRef) -> list[InstanceRef]:
-        with self.session() as s:
+        with self.read_session() as s:
             rows = s.scalars(select(Instance).where(Instance.study_id == study.id).order_by(Instance.id))
             return [InstanceRef(r.sop_instance_uid, r.series_instance_uid, r.sop_class_uid, r.path, r.file_missing)
                     for r in rows]
 
     def count_studies(self) -> dict[str, int]:
-        with self.session() as s:
+        with self.read_session() as s:
             return dict(s.execute(select(Study.state, func.count()).group_by(Study.state)).all())
 
     # -- restart recovery ------------------------------------------------------------------
 
     def known_paths(self) -> set[str]:
-        with self.session() as s:
+        with self.read_session() as s:
             return set(s.scalars(select(Instance.path)))
 
     def recover_after_restart(self, spool_root: Path) -> dict[str, int]:
@@ -345,7 +356,7 @@ class Store:
                         sop_instance_uid=sop_instance_uid, detail={"reason": reason} if reason else None))
 
     def latest_result(self, study: StudyRef) -> ResultRef | None:
-        with self.session() as s:
+        with self.read_session() as s:
             row = s.scalar(select(Result).where(Result.study_id == study.id).order_by(Result.id.desc()).limit(1))
             return None if row is None else _result_ref(row)
 
@@ -381,7 +392,7 @@ class Store:
 
     def due_deliveries(self, destination: str, now: datetime | None = None, limit: int = 20) -> list[DeliveryRef]:
         now = now or utcnow()
-        with self.session() as s:
+        with self.read_session() as s:
             rows = s.scalars(select(Delivery).where(
                 Delivery.destination == destination, Delivery.state == OutboxState.PENDING.value,
                 Delivery.next_attempt_at <= now).order_by(Delivery.next_attempt_at, Delivery.id).limit(limit))

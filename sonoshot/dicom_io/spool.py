@@ -78,7 +78,7 @@ class Spool:
                 f.write(data)
                 if self.fsync:
                     f.flush()
-                    os.fsync(f.fileno())
+                    os.fdatasync(f.fileno())  # the data and its size; mtime is not needed
             os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
