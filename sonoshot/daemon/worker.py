@@ -129,9 +129,7 @@ class StudyWorker:
         if not scored:
             self.store.move_study(study, StudyState.QUARANTINED, detail="no instance could be scored")
             return
-        started = time.perf_counter()
         result = self._report(study, detector, scored, quarantined, headers, timings)
-        timings["report"] = time.perf_counter() - started
         for stage, seconds in timings.items():
             self.observe_stage(stage, seconds)
         if result:
@@ -167,6 +165,7 @@ class StudyWorker:
 
     def _report(self, study: StudyRef, detector: Detector, scored: list[_Scored], quarantined: list[QuarantinedRef],
                 headers: dict[str, Dataset], timings: dict[str, float]) -> NewResult | None:
+        started = time.perf_counter()
         score = detector.study_score([_as_image_score(s) for s in scored])
         threshold = float(detector.threshold)
         verdict = VerdictValues.ABNORMAL if score >= threshold else VerdictValues.NORMAL
@@ -192,6 +191,7 @@ class StudyWorker:
         relative = self.spool.report_path(study.study_instance_uid, sr.SOPInstanceUID)
         buffer = _encode(sr)
         self.spool.put(relative, buffer)
+        timings["report"] = time.perf_counter() - started
         new = NewResult(score=score, verdict=verdict.value, threshold=threshold, bundle_sha256=result.bundle_sha256,
                         backbone=result.backbone, images_scored=len(scored), images_quarantined=len(quarantined),
                         sr_sop_instance_uid=sr.SOPInstanceUID, sr_path=relative,
