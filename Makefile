@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 PEERS := dcmtk orthanc tesseract-ocr dicom3tools
 PEER_BINARIES := storescu storescp echoscu dcmsend Orthanc tesseract dciodvfy
 
-.PHONY: serve test peers install bench clean
+.PHONY: serve test peers ocr install bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -19,19 +19,28 @@ $(INSTALLED): setup.cfg pyproject.toml | $(PY)
 
 install: $(INSTALLED)
 
-# The Debian peers the tests talk to (DCMTK, Orthanc, tesseract, dicom3tools); installed when root.
-peers:
-	@missing=0; for b in $(PEER_BINARIES); do command -v $$b >/dev/null || missing=1; done; \
+# Debian packages installed when root and missing: $(1) the binaries to look for, $(2) the packages.
+define apt_install
+	@missing=0; for b in $(1); do command -v $$b >/dev/null || missing=1; done; \
 	if [ $$missing = 1 ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(PEERS); \
-	  else echo "peers missing and not root: install $(PEERS) (the tests that need them will be skipped)"; fi; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(2); \
+	  else echo "missing and not root: install $(2)"; fi; \
 	fi
+endef
+
+# The Debian peers the tests talk to (DCMTK, Orthanc, tesseract, dicom3tools).
+peers:
+	$(call apt_install,$(PEER_BINARIES),$(PEERS))
+
+# tesseract: the de-identification verifier fails closed without it.
+ocr:
+	$(call apt_install,tesseract,tesseract-ocr)
 
 var/deid.key: | $(INSTALLED)
 	$(VENV)/bin/sonoshot keygen --out $@
 
-serve: $(INSTALLED) var/deid.key
+serve: $(INSTALLED) ocr var/deid.key
 	$(VENV)/bin/sonoshot serve
 
 test: $(INSTALLED) peers
