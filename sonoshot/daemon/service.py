@@ -23,7 +23,7 @@ from sonoshot.daemon.delivery import deliver_due
 from sonoshot.daemon.metrics import Metrics
 from sonoshot.daemon.worker import DetectorSlot, StudyWorker
 from sonoshot.db.store import Store
-from sonoshot.dicom_io.deid import DeidKeyError, load_key, patient_pseudonym
+from sonoshot.dicom_io.deid import DeidKeyError, load_key, ocr, patient_pseudonym
 from sonoshot.dicom_io.receive import Receiver, start_scp
 from sonoshot.dicom_io.spool import Spool
 from sonoshot.logs import configure_logging
@@ -45,6 +45,8 @@ class Service:
         self.config = config
         self.config_path = config_path
         self.key = load_key(config.deid.key_file)  # refuse to start without a usable key
+        if config.deid.ocr:
+            ocr.self_test(config.deid.ocr_min_score)  # the verifier's positive control
         self.store = Store(config.database.url)
         self.spool = Spool(config.storage.spool_dir, config.storage.fsync)
         self.registry = CollectorRegistry()
@@ -148,6 +150,9 @@ def run_service(config: Config, config_path: str | None = None) -> int:
     except DeidKeyError as exc:
         log.error("cannot start: %s", exc)
         return 2
+    except ocr.OcrUnavailableError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     stop_requested = threading.Event()
     reload_requested = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Iterable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from rapidfuzz import fuzz
 
 TESSERACT = "tesseract"
@@ -48,6 +48,28 @@ def ocr_text(frame: np.ndarray) -> str:
     if result.returncode:
         raise OcrUnavailableError(f"tesseract exited with status {result.returncode}")
     return result.stdout.decode("utf-8", errors="replace")
+
+
+#: What :func:`self_test` draws: a name, an ID and a birth date as they appear burned in.
+CONTROL_TEXT = "CONTROL, Ocr 19700101"
+
+
+def self_test(min_score: float) -> None:
+    """The positive control: OCR must read a name, ID and date drawn onto a black frame.
+
+    Run at start-up, so a broken tesseract (missing language data, a bad build) stops the
+    daemon instead of letting the verifier pass frames it cannot read.
+
+    Raises
+    ------
+    OcrUnavailableError
+        If tesseract is missing, fails, or does not find the control text.
+    """
+    image = Image.new("L", (480, 120), 0)
+    ImageDraw.Draw(image).text((10, 40), CONTROL_TEXT, fill=255, font=ImageFont.load_default(size=28))
+    text = ocr_text(np.asarray(image))
+    if not find_phi(text, [CONTROL_TEXT.lower()], min_score):
+        raise OcrUnavailableError("tesseract did not read the control text: OCR verification cannot be trusted")
 
 
 def find_phi(text: str, targets: Iterable[str], min_score: float) -> list[str]:
