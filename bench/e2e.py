@@ -29,21 +29,9 @@ from pynetdicom import AE
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sonoshot.cli import main as sonoshot  # noqa: E402
-from tests.daemon import Daemon  # noqa: E402  (the same real-process launchers the tests use)
+from tests.daemon import Daemon, fit_demo_bundle  # noqa: E402  (the same real-process launchers the tests use)
 from tests.peers import Orthanc, wait_for  # noqa: E402
 from tests.conftest import _find_shared  # noqa: E402
-
-
-def fit_bundle(busi: Path, root: Path) -> Path:
-    for label in ("normal", "abnormal"):
-        (root / label).mkdir(parents=True)
-        for image in sorted((busi / "images" / label).iterdir())[:4]:
-            (root / label / image.name).symlink_to(image)
-    out = root / "bundle"
-    assert sonoshot(["fit", "--normal", str(root / "normal"), "--abnormal", str(root / "abnormal"),
-                     "--backbone", "efficientnet-lite0", "--out", str(out)]) == 0
-    return out
 
 
 def send_study(port: int, aet: str, source: Path) -> tuple[str, float]:
@@ -76,7 +64,7 @@ def main() -> int:
     frames = int(pydicom.dcmread(source, stop_before_pixels=True).NumberOfFrames)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        bundle = fit_bundle(shared / "data" / "busi", root / "fit")
+        bundle = fit_demo_bundle(shared / "data" / "busi", root / "fit")
         pacs = Orthanc(root / "orthanc")
         sweep = 0.1
         daemon = Daemon(root / "sonoshot", {

@@ -25,6 +25,22 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def fit_demo_bundle(busi: Path, root: Path, per_class: int = 4) -> Path:
+    """A real detector bundle fitted by ``sonoshot fit`` on the first BUSI images (read in place)."""
+    from sonoshot.cli import main
+
+    for label in ("normal", "abnormal"):
+        (root / label).mkdir(parents=True)
+        for image in sorted((busi / "images" / label).iterdir())[:per_class]:
+            (root / label / image.name).symlink_to(image)
+    out = root / "bundle"
+    status = main(["fit", "--normal", str(root / "normal"), "--abnormal", str(root / "abnormal"),
+                   "--backbone", "efficientnet-lite0", "--out", str(out)])
+    if status != 0:
+        raise RuntimeError(f"sonoshot fit exited with {status}")
+    return out
+
+
 class Daemon:
     """``sonoshot serve`` in a subprocess; ``overrides`` are merged into its TOML config."""
 

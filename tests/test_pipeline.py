@@ -13,9 +13,8 @@ import tomli_w
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from sonoshot.cli import main
 from sonoshot.dicom_io.report import read_result
-from tests.daemon import Daemon
+from tests.daemon import Daemon, fit_demo_bundle
 from tests.peers import Orthanc, dcmsend, wait_for
 from tests.util import require_binary
 
@@ -24,16 +23,8 @@ STUDY_FILE = "orthanc-Issue16.dcm"  # multi-frame JPEG Baseline ultrasound, 34 f
 
 @pytest.fixture(scope="session")
 def bundle(busi: Path, tmp_path_factory) -> Path:
-    """A real detector bundle fitted by ``sonoshot fit`` on 4 + 4 BUSI images (read in place)."""
-    root = tmp_path_factory.mktemp("bundle")
-    for label in ("normal", "abnormal"):
-        (root / label).mkdir()
-        for image in sorted((busi / "images" / label).iterdir())[:4]:
-            (root / label / image.name).symlink_to(image)
-    out = root / "bundle"
-    assert main(["fit", "--normal", str(root / "normal"), "--abnormal", str(root / "abnormal"),
-                 "--backbone", "efficientnet-lite0", "--out", str(out)]) == 0
-    return out
+    """A real detector bundle fitted by ``sonoshot fit`` on 4 + 4 BUSI images."""
+    return fit_demo_bundle(busi, tmp_path_factory.mktemp("bundle"))
 
 
 def _pipeline(tmp_path: Path, bundle: Path | None, pacs: Orthanc, **delivery) -> Daemon:
