@@ -189,7 +189,7 @@ def raw_send(port: int, path: Path, called_aet: str = "SONOSHOT", calling_aet: s
     return int(response.Status) if response and "Status" in response else None
 
 
-#: Mutations the daemon takes for well-formed today (see the xfail test below).
+#: Zero declared frames: checked on their own below.
 ZERO_FRAMES = ("frames-uncompressed-0", "frames-jpeg-0")
 
 
@@ -236,8 +236,6 @@ def test_fuzz_corpus_is_refused_or_quarantined_and_the_daemon_keeps_serving(tmp_
     print({n: None if s is None else f"0x{s:04X}" for n, s in outcomes.items()})
 
 
-@pytest.mark.xfail(strict=True, reason="receive.structural_problem reads NumberOfFrames 0 as 1 (`or 1`), and "
-                   "nothing downstream checks it: an instance declaring zero frames is stored, scored and reported")
 def test_zero_frame_count_is_refused_or_quarantined(tmp_path, shared_dicom, reliability_bundle):
     corpus = {n: p for n, p in build_corpus(shared_dicom, tmp_path / "corpus").items() if n in ZERO_FRAMES}
     daemon = pipeline(tmp_path / "sonoshot", reliability_bundle, [],

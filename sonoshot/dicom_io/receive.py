@@ -56,6 +56,9 @@ def structural_problem(ds: Dataset, transfer_syntax: UID) -> str | None:
     if "PixelData" not in ds:
         return None
     try:
+        frames = int(ds.get("NumberOfFrames", 1) if ds.get("NumberOfFrames") not in (None, "") else 1)
+        if frames < 1:
+            return f"(0028,0008) Number of Frames is {frames}"
         pixels = ds.PixelData
         if transfer_syntax.is_encapsulated:
             fragments = list(generate_fragments(pixels))
@@ -63,8 +66,7 @@ def structural_problem(ds: Dataset, transfer_syntax: UID) -> str | None:
         samples = int(ds.get("SamplesPerPixel", 1))
         if ds.get("PhotometricInterpretation") == "YBR_FULL_422":  # PS3.3 C.7.6.3.1.2: 2 values a pixel
             samples = 2
-        expected = (int(ds.Rows) * int(ds.Columns) * samples
-                    * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.BitsAllocated) + 7) // 8
+        expected = (int(ds.Rows) * int(ds.Columns) * samples * frames * int(ds.BitsAllocated) + 7) // 8
     except (AttributeError, TypeError, ValueError) as exc:
         return f"(7FE0,0010) Pixel Data cannot be checked: {type(exc).__name__}"
     if len(pixels) not in (expected, expected + expected % 2):
