@@ -39,8 +39,9 @@ SMALL_US = "orthanc-1.2.840.10008.1.2.4.50.dcm"  # one JPEG Baseline ultrasound 
 # rest blanked) lets it be de-identified instead of quarantined.
 SMALL_US_MASK = {"manufacturer": "ATL", "rows": 480, "columns": 640, "keep": [[64, 48, 575, 431]]}
 SEED = int(os.environ.get("SONOSHOT_FAULT_SEED", "20261127"))
-TRIALS = 22
-KILL_WINDOW_S = (0.0, 3.5)  # after storescu starts: receive, quiet period (0.5 s), processing, delivery
+TRIALS = 20
+KILL_WINDOW_S = (0.5, 3.2)  # after storescu starts: quiet period (0.5 s), processing, delivery
+RECEIVE_WINDOW_S, RECEIVE_COUNT = (0.15, 0.6), 12  # while storescu sends 12 instances
 
 _SENDING = re.compile(r"^I: Sending file: (.+?)\s*$")
 _RESPONSE = re.compile(r"^I: Received Store Response \((.+)\)\s*$")
@@ -151,12 +152,16 @@ def test_kill_9_at_random_points_loses_nothing_and_delivers_once(tmp_path, share
         daemon.start()
         try:
             for trial in range(TRIALS):
+                # One trial in four kills while storescu is still sending (a longer study, an early
+                # kill); the others kill later: quiet period, processing, delivery (of this study or of
+                # the earlier ones recovery requeued).
+                receive = trial % 4 == 0
                 study, files = make_study(shared_dicom / SMALL_US, tmp_path / f"trial{trial}",
-                                          count=rng.choice((1, 1, 2, 3)))
+                                          count=RECEIVE_COUNT if receive else rng.choice((1, 1, 2, 3)))
                 sent_studies.add(study)
                 sender = subprocess.Popen(storescu_args(daemon.port, files), env=DCMTK_ENV, text=True,
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                delay = rng.uniform(*KILL_WINDOW_S)
+                delay = rng.uniform(*(RECEIVE_WINDOW_S if receive else KILL_WINDOW_S))
                 delays.append(delay)
                 time.sleep(delay)
                 daemon.kill()
@@ -194,12 +199,13 @@ def test_kill_9_at_random_points_loses_nothing_and_delivers_once(tmp_path, share
             assert sorted(deliveries) == sorted((rid, "delivered") for rid, _, _ in results)
             for study, (sr_uid,) in by_study.items():
                 assert orthanc_srs(pacs, study) == [sr_uid], f"study {study}: not exactly one SR in the PACS"
+            # Some kills landed during an association (recovery marks it interrupted).
+            assert daemon.query("select count(*) from associations where outcome = 'interrupted'")[0][0] >= 1
             # A kill -9 leaves no traceback behind, and recovery must raise none.
             assert "Traceback" not in daemon.log(), daemon.log()[-4000:]
         finally:
             daemon.kill()
-    # The draw covered every stage of the window (a guard against a degenerate seed).
-    assert len(delays) >= 20 and min(delays) < 0.5 and max(delays) > 2.5
+    assert len(delays) >= 20 and max(delays) > 2.5
 
 
 # --- a PACS that refuses, one that is busy, one that is unreachable ---------------------------
