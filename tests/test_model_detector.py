@@ -45,6 +45,7 @@ def fitted(backbone: Backbone, busi_split: dict[str, list[Path]]):
     return fit_detector(backbone, normal, abnormal, CONFIG, seed=0)
 
 
+@pytest.mark.regression_test
 def test_regression_scores(fitted, busi_split: dict[str, list[Path]]) -> None:
     frames = [read_input(p, 1).frames[0] for p in busi_split["query"]]
     np.testing.assert_allclose(fitted.score_frames(frames), REGRESSION_SCORES, atol=2e-3)
