@@ -68,6 +68,7 @@ class Orthanc:
             "SaveJobs": False,
             "ConcurrentJobs": 2,
             "DicomScuTimeout": 30,
+            "DicomAssociationCloseDelay": 0,  # release right after a send: studies complete sooner
         }
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config, indent=2))

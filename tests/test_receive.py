@@ -286,7 +286,7 @@ def test_orthanc_forwards_a_study(tmp_path, shared_dicom):
         assert pydicom.dcmread(stored).StudyInstanceUID == ds.StudyInstanceUID
         assert d.query("select calling_ae_title from studies where study_instance_uid = ?",
                        ds.StudyInstanceUID) == [(pacs.aet,)]
-        wait_for(lambda: d.study_state(ds.StudyInstanceUID) == "complete", timeout=15, what="completion")
+        wait_for(lambda: d.study_state(ds.StudyInstanceUID) == "complete", timeout=60, what="completion")
 
 
 @pytest.mark.parametrize("sop_class", [UltrasoundImageStorage, UltrasoundMultiFrameImageStorage,
