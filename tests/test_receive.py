@@ -147,11 +147,11 @@ def test_study_completes_after_quiet_period_and_reopens(daemon, shared_dicom):
         ds.save_as(paths[-1])
     assert dcmsend(daemon.port, paths[:2]).returncode == 0
     assert daemon.study_state(study) == "receiving"
-    wait_for(lambda: daemon.study_state(study) == "complete", timeout=15, what="study completion")
+    wait_for(lambda: daemon.study_state(study) == "complete", timeout=60, what="study completion")
     assert dcmsend(daemon.port, paths[2:]).returncode == 0
     assert daemon.query("select state, generation, instance_count from studies where study_instance_uid = ?",
                         study)[0][:2] in {("receiving", 2), ("complete", 2)}
-    wait_for(lambda: daemon.study_state(study) == "complete", timeout=15, what="completion after reopening")
+    wait_for(lambda: daemon.study_state(study) == "complete", timeout=60, what="completion after reopening")
     assert daemon.query("select instance_count from studies where study_instance_uid = ?", study) == [(3,)]
 
 
@@ -170,7 +170,7 @@ def test_open_association_keeps_study_receiving(daemon, shared_dicom):
         assert daemon.study_state(study) == "receiving"
     finally:
         assoc.release()
-    wait_for(lambda: daemon.study_state(study) == "complete", timeout=15, what="completion after release")
+    wait_for(lambda: daemon.study_state(study) == "complete", timeout=60, what="completion after release")
 
 
 # -- bad input: each gets its status and the daemon keeps serving ----------------------------
