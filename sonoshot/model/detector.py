@@ -31,9 +31,9 @@ from pydicom.dataset import Dataset
 from sonoshot import __version__
 from sonoshot.config import DetectorConfig
 from sonoshot.model.backbones import Backbone, create_backbone, prepare_image
-from sonoshot.model.head import (HeadConfig, ProjectionHead, abnormal_probability,
-                                 augment_views, prototypes, support_embedding, train_head,
-                                 tta_embedding)
+from sonoshot.model.head import (FLIP_VIEWS, TTA_VIEWS, HeadConfig, ProjectionHead,
+                                 abnormal_probability, augment_views, prototypes,
+                                 support_embedding, train_head, tta_embedding)
 from sonoshot.model.inputs import InputImage, dataset_frames
 from sonoshot.model.prompts import class_prompts, ensemble
 
@@ -129,7 +129,8 @@ def fit_state(views: np.ndarray, labels: np.ndarray, text: np.ndarray | None, se
     -------
     HeadState
         Support prototypes average all augmentation views of each example (only the
-        test-time flip views without ``augment``). The threshold is chosen by leave-one-out on the support set (head fixed, the left-out
+        identity and flip views without ``augment``). The threshold is chosen by
+        leave-one-out on the support set (head fixed, the left-out
         example removed from its prototype), maximising Youden's J; the normal-only mode
         without text takes the largest leave-one-out normal score.
 
@@ -145,7 +146,9 @@ def fit_state(views: np.ndarray, labels: np.ndarray, text: np.ndarray | None, se
     if not has_normal and text is None:
         raise DetectorError("no normal example and no text tower: nothing to anchor a detector")
     dim = views.shape[-1] if len(views) else text.shape[-1]  # type: ignore[union-attr]
-    pool = support_embedding if augment else tta_embedding
+    def pool(v: np.ndarray) -> np.ndarray:
+        return support_embedding(v) if augment else tta_embedding(v, FLIP_VIEWS)
+
     emb = pool(views) if len(views) else np.zeros((0, dim), np.float32)
     head, metrics = None, {}
     if has_abnormal and project:
@@ -220,8 +223,9 @@ class Detector:
         return self.config.threshold if self.config.threshold >= 0 else self.state.threshold
 
     def score_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
-        """Probability of abnormal per frame (TTA over the flip views)."""
-        views = embed_views(self.backbone, frames, self.config.mask_annotations, n_views=2)
+        """Probability of abnormal per frame (TTA: mean embedding over :data:`TTA_VIEWS`)."""
+        views = embed_views(self.backbone, frames, self.config.mask_annotations,
+                            n_views=max(TTA_VIEWS) + 1)
         return self.state.score(tta_embedding(views))
 
     def score_image(self, image: InputImage) -> ImageScore:

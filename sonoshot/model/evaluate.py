@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from sonoshot.model.backbones import Backbone
 from sonoshot.model.detector import embed_views, fit_state, text_anchors
-from sonoshot.model.head import HeadConfig, tta_embedding
+from sonoshot.model.head import FLIP_VIEWS, TTA_VIEWS, HeadConfig, tta_embedding
 from sonoshot.model.inputs import InputError, read_input
 
 Protocol = Literal["labelled", "normal-only"]
@@ -115,7 +115,8 @@ def draw_split(examples: Sequence[Example], shots: int, seed: int, protocol: Pro
 def _sonoshot(project: bool = True, augment: bool = True, use_text: bool = True) -> Method:
     def method(sv, sl, qv, text, seed):
         state = fit_state(sv, sl, text if use_text else None, seed, HeadConfig(), project, augment)
-        return state.score(tta_embedding(qv)), state.threshold
+        query = tta_embedding(qv, TTA_VIEWS if augment else FLIP_VIEWS)
+        return state.score(query), state.threshold
     return method
 
 

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 N_VIEWS = 4  # identity, flip, zoom, zoom + flip + gamma
-TTA_VIEWS = (0, 1)  # views averaged at scoring time
+TTA_VIEWS = (0, 1, 2, 3)  # views averaged at scoring time (all four; see docs/model.md)
+FLIP_VIEWS = (0, 1)  # identity + flip: the no-augmentation ablation's pooling
 
 
 def augment_views(batch: torch.Tensor) -> list[torch.Tensor]:
@@ -36,9 +37,9 @@ def augment_views(batch: torch.Tensor) -> list[torch.Tensor]:
     return [batch, batch.flip(3), zoom, zoom.flip(3).clamp(0, 1).pow(0.8)]
 
 
-def tta_embedding(views: np.ndarray) -> np.ndarray:
-    """Scoring embedding from ``(N, N_VIEWS, D)`` view embeddings: the normalised TTA mean."""
-    mean = views[:, list(TTA_VIEWS)].mean(axis=1)
+def tta_embedding(views: np.ndarray, which: tuple[int, ...] = TTA_VIEWS) -> np.ndarray:
+    """Scoring embedding from ``(N, V, D)`` view embeddings: the normalised mean of ``which``."""
+    mean = views[:, list(which)].mean(axis=1)
     return mean / np.linalg.norm(mean, axis=1, keepdims=True)
 
 
