@@ -8,7 +8,6 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.util import free_port, require_binary, testdata  # noqa: F401  (re-exported for test modules)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,6 +37,14 @@ def shared_dicom(shared: Path) -> Path:
 @pytest.fixture(scope="session")
 def busi(shared: Path) -> Path:
     return shared / "data" / "busi"
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(busi: Path, tmp_path_factory) -> Path:
+    """A real detector bundle from ``sonoshot fit`` on 4 + 4 BUSI images, fitted once per run."""
+    from tests.daemon import fit_demo_bundle
+
+    return fit_demo_bundle(busi, tmp_path_factory.mktemp("demo-bundle"))
 
 
 @pytest.fixture(autouse=True, scope="session")

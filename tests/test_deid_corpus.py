@@ -17,7 +17,7 @@ from sonoshot.dicom_io.deid.keys import date_offset_days
 from sonoshot.dicom_io.deid.ocr import find_phi, ocr_text
 from sonoshot.dicom_io.pixels import iter_frames
 from tests import deid_corpus as corpus
-from tests.conftest import require_binary
+from tests.util import require_binary
 
 KEY = bytes(range(32))
 POLICY = DeidPolicy(ocr_max_frames=corpus.FRAMES)

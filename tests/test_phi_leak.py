@@ -22,9 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from tests.peers import DCMTK_ENV, Orthanc, wait_for
-from tests.test_reliability_faults import (SMALL_US, SMALL_US_MASK, acknowledged, http_get, pipeline,  # noqa: F401
-                                           reliability_bundle, storescu_args)
-from tests.test_reliability_input import raw_send
+from tests.scenarios import SMALL_US, acknowledged, http_get, pipeline, raw_send, storescu_args
 
 PATIENTS = [
     # (PatientName, PatientID, PatientBirthDate, OtherPatientIDs)
@@ -97,10 +95,10 @@ def _db_text(daemon) -> dict[str, str]:
     return out
 
 
-def test_no_phi_in_logs_metrics_or_database(tmp_path, shared_dicom, reliability_bundle):
+def test_no_phi_in_logs_metrics_or_database(tmp_path, shared_dicom, demo_bundle):
     needles = [n for p in PATIENTS for n in _needles(*p)]
     pacs = Orthanc(tmp_path / "orthanc")
-    daemon = pipeline(tmp_path / "sonoshot", reliability_bundle,
+    daemon = pipeline(tmp_path / "sonoshot", demo_bundle,
                       [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}],
                       logging={"level": "DEBUG", "json": True})
     files: list[Path] = []

@@ -14,7 +14,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from sonoshot.dicom_io.report import read_result
-from tests.daemon import Daemon, fit_demo_bundle
+from tests.daemon import Daemon
 from tests.peers import Orthanc, dcmsend, wait_for
 from tests.util import require_binary
 
@@ -22,9 +22,9 @@ STUDY_FILE = "orthanc-Issue16.dcm"  # multi-frame JPEG Baseline ultrasound, 34 f
 
 
 @pytest.fixture(scope="session")
-def bundle(busi: Path, tmp_path_factory) -> Path:
-    """A real detector bundle fitted by ``sonoshot fit`` on 4 + 4 BUSI images."""
-    return fit_demo_bundle(busi, tmp_path_factory.mktemp("bundle"))
+def bundle(demo_bundle: Path) -> Path:
+    """The session's real detector bundle (see ``demo_bundle`` in conftest)."""
+    return demo_bundle
 
 
 def _pipeline(tmp_path: Path, bundle: Path | None, pacs: Orthanc, **delivery) -> Daemon:

@@ -16,7 +16,7 @@ from sonoshot.dicom_io.pixels import (
     iter_frames,
     ultrasound_regions,
 )
-from tests.conftest import testdata as pydicom_file  # aliased: pytest collects test*
+from tests.util import testdata as pydicom_file
 
 # name -> (frames, rows, columns); every decodable shared file yields RGB uint8
 SHARED = {

@@ -15,135 +15,31 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
-import pydicom
-import pytest
-from pydicom.uid import generate_uid
 
-from sonoshot.cli import cli, main
 from tests.daemon import Daemon
 from tests.peers import DCMTK_ENV, Orthanc, wait_for
+from tests.scenarios import SMALL_US, acknowledged, http_get, make_study, orthanc_srs, pipeline, storescu_args
 from tests.util import free_port, require_binary
 
-SMALL_US = "orthanc-1.2.840.10008.1.2.4.50.dcm"  # one JPEG Baseline ultrasound frame, 53 KB
-# SMALL_US has no Sequence of Ultrasound Regions: a configured pixel mask (image area kept, the
-# rest blanked) lets it be de-identified instead of quarantined.
-SMALL_US_MASK = {"manufacturer": "ATL", "rows": 480, "columns": 640, "keep": [[64, 48, 575, 431]]}
 SEED = int(os.environ.get("SONOSHOT_FAULT_SEED", "20261127"))
 TRIALS = 20
 KILL_WINDOW_S = (0.5, 3.2)  # after storescu starts: quiet period (0.5 s), processing, delivery
 RECEIVE_WINDOW_S, RECEIVE_COUNT = (0.15, 0.6), 12  # while storescu sends 12 instances
 
-_SENDING = re.compile(r"^I: Sending file: (.+?)\s*$")
-_RESPONSE = re.compile(r"^I: Received Store Response \((.+)\)\s*$")
-
-
-# --- helpers shared by the reliability modules ------------------------------------------------
-
-@pytest.fixture(scope="session")
-def reliability_bundle(busi: Path, tmp_path_factory) -> Path:
-    """A real detector bundle from ``sonoshot fit`` (4 + 4 BUSI images), fitted once per test run:
-    cached under pytest's base temp folder so every reliability module reuses it."""
-    root = tmp_path_factory.getbasetemp() / "reliability-bundle"
-    out = root / "bundle"
-    if (out / "bundle.json").is_file():
-        return out
-    root.mkdir(exist_ok=True)
-    for label in ("normal", "abnormal"):
-        (root / label).mkdir(exist_ok=True)
-        for image in sorted((busi / "images" / label).iterdir())[:4]:
-            link = root / label / image.name
-            if not link.exists():
-                link.symlink_to(image)
-    assert main(["fit", "--normal", str(root / "normal"), "--abnormal", str(root / "abnormal"),
-                 "--backbone", "efficientnet-lite0", "--out", str(out)]) == 0
-    return out
-
-
-def make_study(source: Path, outdir: Path, count: int = 1, **tags) -> tuple[str, dict[Path, str]]:
-    """``count`` instances of one new study (fresh Study/Series/SOP UIDs) from ``source``;
-    ``tags`` (keyword=value) are set on each. Returns the Study Instance UID and file -> SOP UID."""
-    outdir.mkdir(parents=True, exist_ok=True)
-    study, series = generate_uid(), generate_uid()
-    files: dict[Path, str] = {}
-    for i in range(count):
-        ds = pydicom.dcmread(source)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.InstanceNumber = i + 1
-        for keyword, value in tags.items():
-            setattr(ds, keyword, value)
-        path = outdir / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(path)
-        files[path] = ds.SOPInstanceUID
-    return study, files
-
-
-def storescu_args(port: int, files, called_aet: str = "SONOSHOT", calling_aet: str = "STORESCU",
-                  extra: tuple[str, ...] = ("-xy",)) -> list[str]:
-    """DCMTK storescu, verbose; ``-xy`` proposes JPEG Baseline (the small US file's own syntax)."""
-    return ["storescu", "-v", "-aet", calling_aet, "-aec", called_aet, *extra,
-            "127.0.0.1", str(port), *map(str, files)]
-
-
-def acknowledged(log: str) -> dict[Path, str]:
-    """storescu -v log -> {file: response text} for every file that got a C-STORE response."""
-    out: dict[Path, str] = {}
-    current: Path | None = None
-    for line in log.splitlines():
-        if m := _SENDING.match(line):
-            current = Path(m.group(1))
-        elif (m := _RESPONSE.match(line)) and current is not None:
-            out[current] = m.group(1)
-            current = None
-    return out
-
-
-def http_get(daemon: Daemon, path: str, timeout: float = 15.0) -> tuple[int, bytes]:
-    url = f"http://127.0.0.1:{daemon.config['http']['port']}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def pipeline(workdir: Path, bundle: Path | None, destinations: list[dict], **overrides) -> Daemon:
-    """A daemon with a short quiet period, fast delivery retries and the given destinations."""
-    config = {
-        "completion": {"quiet_period_s": 0.5, "sweep_interval_s": 0.1},
-        "deid": {"pixel_masks": [SMALL_US_MASK]},
-        "delivery": {"destinations": destinations, "sweep_interval_s": 0.1, "backoff_initial_s": 0.2,
-                     "backoff_max_s": 0.5},
-    }
-    if bundle is not None:
-        config["detector"] = {"bundle": str(bundle)}
-    for key, value in overrides.items():
-        config[key] = {**config.get(key, {}), **value}
-    return Daemon(workdir, config)
-
-
-def orthanc_srs(pacs: Orthanc, study_uid: str) -> list[str]:
-    """SOP Instance UIDs of the SR instances Orthanc holds for the study (distinct by construction)."""
-    return [i["SOPInstanceUID"] for i in pacs.instances_in_study(study_uid) if i.get("Modality") == "SR"]
-
 
 # --- kill -9 at random points -----------------------------------------------------------------
 
-def test_kill_9_at_random_points_loses_nothing_and_delivers_once(tmp_path, shared_dicom, reliability_bundle):
+def test_kill_9_at_random_points_loses_nothing_and_delivers_once(tmp_path, shared_dicom, demo_bundle):
     require_binary("storescu")
     rng = random.Random(SEED)
     pacs = Orthanc(tmp_path / "orthanc")
-    daemon = pipeline(tmp_path / "sonoshot", reliability_bundle,
+    daemon = pipeline(tmp_path / "sonoshot", demo_bundle,
                       [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}])
     acked: dict[str, str] = {}  # SOP Instance UID -> Study Instance UID, acknowledged with Success
     sent_studies: set[str] = set()
@@ -241,11 +137,11 @@ class ScriptedSCP:
         self.server.shutdown()
 
 
-def test_refusing_busy_and_unreachable_pacs(tmp_path, shared_dicom, reliability_bundle):
+def test_refusing_busy_and_unreachable_pacs(tmp_path, shared_dicom, demo_bundle):
     require_binary("storescu")
     down_port = free_port()  # nothing listens here
     with ScriptedSCP([0xA700, 0xA700, 0x0000], "BUSYPACS") as busy, ScriptedSCP([0xC000], "REFUSER") as refuser:
-        daemon = pipeline(tmp_path / "sonoshot", reliability_bundle, [
+        daemon = pipeline(tmp_path / "sonoshot", demo_bundle, [
             {"name": "busy", "ae_title": busy.aet, "host": "127.0.0.1", "port": busy.port},
             {"name": "refusing", "ae_title": refuser.aet, "host": "127.0.0.1", "port": refuser.port},
             {"name": "down", "ae_title": "DOWNPACS", "host": "127.0.0.1", "port": down_port},
@@ -267,11 +163,14 @@ def test_refusing_busy_and_unreachable_pacs(tmp_path, shared_dicom, reliability_
             assert http_get(daemon, "/healthz")[0] == 200  # a bad PACS does not make the node unhealthy
             status, metrics = http_get(daemon, "/metrics")
             assert status == 200 and b"sonoshot" in metrics
-            if "resend" in cli.commands:  # the admin's way out of dead-letter, once the PACS is back
-                with ScriptedSCP([0x0000], "DOWNPACS", port=down_port) as revived:
-                    subprocess.run([sys.executable, "-m", "sonoshot", "--config", str(daemon.config_path),
-                                    "resend", "--dead-letter"], check=False, timeout=60, capture_output=True)
-                    wait_for(lambda: sr_uid in revived.received, timeout=30, what="the resent SR")
+            # The admin's way out of dead-letter, once the PACS is back.
+            with ScriptedSCP([0x0000], "DOWNPACS", port=down_port) as revived:
+                resend = subprocess.run([sys.executable, "-m", "sonoshot", "--config", str(daemon.config_path),
+                                         "resend", "--dead-letter"], timeout=60, capture_output=True, text=True)
+                assert resend.returncode == 0 and "2 deliveries queued again" in resend.stdout, resend.stderr
+                wait_for(lambda: sr_uid in revived.received, timeout=30, what="the resent SR")
+                wait_for(lambda: daemon.query("select state from deliveries where destination = 'down'")
+                         == [("delivered",)], timeout=30, what="the resent delivery to be recorded")
 
 
 # --- disk at the watermark ---------------------------------------------------------------------

@@ -22,13 +22,10 @@ import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
-from pynetdicom import _config as pynetdicom_config
 
 from tests.daemon import Daemon
 from tests.peers import DCMTK_ENV, wait_for
-from tests.test_reliability_faults import (SMALL_US, SMALL_US_MASK, acknowledged, make_study, pipeline,  # noqa: F401
-                                           reliability_bundle, storescu_args)
+from tests.scenarios import SMALL_US, SMALL_US_MASK, acknowledged, make_study, pipeline, raw_send, storescu_args
 from tests.util import require_binary
 
 SEED = int(os.environ.get("SONOSHOT_FUZZ_SEED", "6"))
@@ -167,32 +164,11 @@ def _bytes_lenient(ds: pydicom.Dataset) -> bytes:
         pydicom.config.settings.writing_validation_mode = before
 
 
-def raw_send(port: int, path: Path, called_aet: str = "SONOSHOT", calling_aet: str = "FUZZER") -> int | None:
-    """C-STORE the file's bytes undecoded (pynetdicom's chunked mode); the status, None if none."""
-    meta = pydicom.filereader.read_file_meta_info(path)
-    ae = AE(ae_title=calling_aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
-    ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
-    before = pynetdicom_config.STORE_SEND_CHUNKED_DATASET
-    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        assoc = ae.associate("127.0.0.1", port, ae_title=called_aet)
-        assert assoc.is_established, f"association for {path.name} not established"
-        try:
-            response = assoc.send_c_store(path)
-        finally:
-            if assoc.is_established:
-                assoc.release()
-    finally:
-        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = before
-    return int(response.Status) if response and "Status" in response else None
-
-
 def test_fuzz_corpus_is_refused_or_quarantined_and_the_daemon_keeps_serving(tmp_path, shared_dicom,
-                                                                             reliability_bundle):
+                                                                             demo_bundle):
     corpus = build_corpus(shared_dicom, tmp_path / "corpus")
     assert len(corpus) >= 30
-    daemon = pipeline(tmp_path / "sonoshot", reliability_bundle, [],
+    daemon = pipeline(tmp_path / "sonoshot", demo_bundle, [],
                       deid={"pixel_masks": [SMALL_US_MASK, CROP_MASK]})
     outcomes: dict[str, int | None] = {}
     with daemon:
