@@ -133,8 +133,9 @@ class Store:
     def __init__(self, url: str) -> None:
         if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(url, pool_pre_ping=True)
-        if self.engine.dialect.name == "sqlite":
+        sqlite = url.startswith("sqlite")
+        self.engine = create_engine(url, pool_pre_ping=not sqlite)  # a file needs no liveness ping
+        if sqlite:
             _sqlite_immediate(self.engine)
         self.reader = self.engine.execution_options(**{READ_ONLY: True})
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
