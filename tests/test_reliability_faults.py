@@ -2,9 +2,10 @@
 or is unreachable, the disk at its watermark, the database locked by another process.
 
 The kill trials share one daemon folder and one Orthanc: each trial sends a small study with
-DCMTK ``storescu`` and kills the daemon (SIGKILL) after a seeded random delay drawn from the
-window that covers receiving, the quiet period, processing and delivery, then restarts it on the
-same folders. Earlier trials' studies are still in flight when later kills land, so kills hit
+DCMTK ``storescu`` and kills the daemon (SIGKILL), then restarts it on the same folders. One trial
+in four kills mid-association (after a seeded random number of its 40 instances are indexed); the
+others after a seeded random delay drawn from the window that covers the quiet period,
+processing and delivery. Earlier trials' studies are still in flight when later kills land, so kills hit
 every stage. At the end every acknowledged instance must be in the database, every study
 processed, and every result delivered exactly once (one SR per study in Orthanc, one
 ``delivered`` outbox row per result). ``SONOSHOT_FAULT_SEED`` replays a run.
@@ -30,7 +31,7 @@ from tests.util import free_port, require_binary
 SEED = int(os.environ.get("SONOSHOT_FAULT_SEED", "20261127"))
 TRIALS = 20
 KILL_WINDOW_S = (0.5, 3.2)  # after storescu starts: quiet period (0.5 s), processing, delivery
-RECEIVE_WINDOW_S, RECEIVE_COUNT = (0.15, 0.6), 12  # while storescu sends 12 instances
+RECEIVE_COUNT, RECEIVE_KILL_AFTER = 40, (1, 20)  # kill once 1-20 of 40 instances are indexed
 
 
 # --- kill -9 at random points -----------------------------------------------------------------
@@ -44,6 +45,7 @@ def test_kill_9_at_random_points_loses_nothing_and_delivers_once(tmp_path, share
     acked: dict[str, str] = {}  # SOP Instance UID -> Study Instance UID, acknowledged with Success
     sent_studies: set[str] = set()
     delays: list[float] = []
+    kills = 0
     with pacs:
         daemon.start()
         try:
@@ -57,10 +59,18 @@ def test_kill_9_at_random_points_loses_nothing_and_delivers_once(tmp_path, share
                 sent_studies.add(study)
                 sender = subprocess.Popen(storescu_args(daemon.port, files), env=DCMTK_ENV, text=True,
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                delay = rng.uniform(*(RECEIVE_WINDOW_S if receive else KILL_WINDOW_S))
-                delays.append(delay)
-                time.sleep(delay)
+                if receive:  # mid-association, whatever the machine's speed: count rows, then kill
+                    rows = rng.randint(*RECEIVE_KILL_AFTER)
+                    wait_for(lambda: daemon.query("select count(*) from instances i join studies s on "
+                                                  "s.id = i.study_id where s.study_instance_uid = ?",
+                                                  study)[0][0] >= rows, timeout=60, interval=0.005,
+                             what=f"{rows} instances of the trial study")
+                else:
+                    delay = rng.uniform(*KILL_WINDOW_S)
+                    delays.append(delay)
+                    time.sleep(delay)
                 daemon.kill()
+                kills += 1
                 output, _ = sender.communicate(timeout=60)
                 for path, response in acknowledged(output).items():
                     if response == "Success":
@@ -101,7 +111,7 @@ def test_kill_9_at_random_points_loses_nothing_and_delivers_once(tmp_path, share
             assert "Traceback" not in daemon.log(), daemon.log()[-4000:]
         finally:
             daemon.kill()
-    assert len(delays) >= 20 and max(delays) > 2.5
+    assert kills >= 20 and max(delays) > 2.5
 
 
 # --- a PACS that refuses, one that is busy, one that is unreachable ---------------------------
