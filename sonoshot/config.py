@@ -60,7 +60,7 @@ class NetworkConfig:
 class StorageConfig:
     spool_dir: Path = Path("var/spool")  # received instances, exactly as sent (contains PHI)
     work_dir: Path = Path("var/work")  # de-identified working copies
-    quarantine_dir: Path = Path("var/quarantine")  # instances that could not be de-identified safely
+    quarantine_dir: Path = Path("var/quarantine")  # a JSON report (no PHI) per quarantined instance
     min_free_mb: int = 500  # refuse C-STORE with 0xA700 below this much free disk
     fsync: bool = True  # fsync each instance before acknowledging it
 

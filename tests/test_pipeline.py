@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import signal
 import subprocess
 from pathlib import Path
@@ -158,4 +159,7 @@ def test_undecodable_study_is_quarantined_not_reported(tmp_path, shared_dicom, b
         wait_for(lambda: daemon.study_state(ds.StudyInstanceUID) == "quarantined", timeout=60, what="quarantine")
         ((status, reason),) = daemon.query("select deid_status, deid_reason from instances")
         assert status == "quarantined" and "JPEG XL" in reason
+        report = json.loads((daemon.workdir / "var" / "quarantine" / ds.StudyInstanceUID
+                             / f"{ds.SOPInstanceUID}.json").read_text())
+        assert report["ok"] is False and "JPEG XL" in report["quarantine_reason"]
         assert daemon.query("select count(*) from results") == [(0,)]

@@ -11,6 +11,7 @@ originals so it files under the right patient and study in the PACS.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
@@ -74,6 +75,7 @@ class StudyWorker:
         self.detectors = detectors
         self.observe_stage = observe_stage or (lambda _stage, _seconds: None)
         self.work_root = Path(config.storage.work_dir)
+        self.quarantine_root = Path(config.storage.quarantine_dir)
 
     def run(self, stop: threading.Event, idle_s: float = 0.25) -> None:
         """Claim and process studies until ``stop`` is set (the study in hand is finished first)."""
@@ -148,8 +150,18 @@ class StudyWorker:
                 clean.append((instance, outcome.output))
             else:
                 log.warning("instance %s quarantined: %s", instance.sop_instance_uid, outcome.reason)
+                self._quarantine_report(study, instance, outcome.report)
                 quarantined.append(QuarantinedRef(instance.sop_instance_uid, outcome.reason or "quarantined"))
         return clean, quarantined
+
+    def _quarantine_report(self, study: StudyRef, instance: InstanceRef, report: dict) -> None:
+        """Leave the de-identifier's PHI-free report where an admin looks for quarantined instances;
+        the instance itself stays in the spool, untouched."""
+        folder = self.quarantine_root / study.study_instance_uid
+        folder.mkdir(parents=True, exist_ok=True)
+        report = {**report, "sop_instance_uid": instance.sop_instance_uid, "spool_path": instance.path,
+                  "generation": study.generation}
+        (folder / f"{instance.sop_instance_uid}.json").write_text(json.dumps(report, indent=2, default=str))
 
     def _detect(self, detector: Detector, clean: list[tuple[InstanceRef, Path]], quarantined: list[QuarantinedRef]
                 ) -> tuple[list[_Scored], list[QuarantinedRef]]:
