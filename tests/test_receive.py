@@ -314,3 +314,22 @@ def test_storage_contexts_accepted(daemon, sop_class, syntax):
         assert [(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts] == [(sop_class, syntax)]
     finally:
         assoc.release()
+
+
+def test_maximum_associations_and_sigterm_drain(tmp_path):
+    """Associations past network.max_associations are rejected (transient); SIGTERM exits 0."""
+    with Daemon(tmp_path, {"network": {"max_associations": 1}}) as d:
+        ae = AE(ae_title="FIRST")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        first = ae.associate("127.0.0.1", d.port, ae_title=d.aet)
+        assert first.is_established
+        try:
+            second = AE(ae_title="SECOND")
+            second.add_requested_context("1.2.840.10008.1.1")
+            refused = second.associate("127.0.0.1", d.port, ae_title=d.aet)
+            assert refused.is_rejected and not refused.is_established
+        finally:
+            first.release()
+        assert echo("127.0.0.1", d.port, d.aet)
+        assert d.stop() == 0
+        assert "stopping: draining work in progress" in d.log()
