@@ -3,8 +3,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-PEERS := dcmtk orthanc tesseract-ocr dicom3tools
-PEER_BINARIES := storescu storescp echoscu dcmsend Orthanc tesseract dciodvfy
+PEERS := dcmtk orthanc tesseract-ocr dicom3tools postgresql
+# initdb is not on PATH on Debian: its absolute path (a glob the shell expands) is checked instead.
+PEER_BINARIES := storescu storescp echoscu dcmsend Orthanc tesseract dciodvfy /usr/lib/postgresql/*/bin/initdb
 
 .PHONY: serve test peers ocr install bench clean
 
@@ -29,7 +30,7 @@ define apt_install
 	fi
 endef
 
-# The Debian peers the tests talk to (DCMTK, Orthanc, tesseract, dicom3tools).
+# The Debian peers the tests talk to (DCMTK, Orthanc, tesseract, dicom3tools, a PostgreSQL server).
 peers:
 	$(call apt_install,$(PEER_BINARIES),$(PEERS))
 

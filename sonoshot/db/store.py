@@ -4,6 +4,8 @@
 The few named queries the pipeline stages need. Only this package touches SQLAlchemy; stages
 get plain frozen dataclasses back. Writes on SQLite take the write lock up front
 (``BEGIN IMMEDIATE``) so concurrent associations wait on the busy timeout instead of failing.
+On other backends (PostgreSQL) each write that reads before it decides locks the study rows it
+reads (``SELECT ... FOR UPDATE``, which SQLite leaves out), so the same races are closed there.
 """
 
 from __future__ import annotations
@@ -207,43 +209,52 @@ class Store:
         This runs once per received instance, so it uses three Core statements in one
         transaction; the instance row itself is the audit record of the receipt.
         """
+        for attempt in range(3):
+            try:
+                self._record_instance(new, association_id)
+                return True
+            except IntegrityError:
+                if self.has_instance(new.sop_instance_uid):
+                    return False
+                if attempt == 2:
+                    raise
+                # PostgreSQL: another association created the study at the same moment; retry
+                # and find it (SQLite's write lock makes this impossible there).
+        raise AssertionError("unreachable")
+
+    def _record_instance(self, new: NewInstance, association_id: int | None) -> None:
         now = utcnow()
-        try:
-            with self.engine.begin() as c:
-                study = c.execute(select(Study.id, Study.state, Study.generation)
-                                  .where(Study.study_instance_uid == new.study_instance_uid)).first()
-                if study is None:
-                    study_id, generation = c.execute(insert(Study).values(
-                        study_instance_uid=new.study_instance_uid, state=StudyState.RECEIVING.value,
-                        modality=new.modality, calling_ae_title=new.calling_ae_title,
-                        called_ae_title=new.called_ae_title, first_received_at=now, receiving_since=now,
-                        last_received_at=now, state_changed_at=now, patient_pseudonym=new.patient_pseudonym,
-                        generation=1, instance_count=0, total_bytes=0)).inserted_primary_key[0], 1
-                else:
-                    study_id, generation = study.id, study.generation
-                    if study.state != StudyState.RECEIVING.value:
-                        generation += 1
-                        c.execute(update(Study).where(Study.id == study_id).values(
-                            state=StudyState.RECEIVING.value, generation=generation, receiving_since=now,
-                            state_changed_at=now, completed_at=None))
-                        c.execute(insert(Event).values(
-                            kind="study", outcome="reopened", study_instance_uid=new.study_instance_uid,
-                            sop_instance_uid=new.sop_instance_uid, at=now,
-                            detail={"from": study.state, "generation": generation}))
-                c.execute(insert(Instance).values(
-                    sop_instance_uid=new.sop_instance_uid, study_id=study_id,
-                    series_instance_uid=new.series_instance_uid, sop_class_uid=new.sop_class_uid,
-                    transfer_syntax_uid=new.transfer_syntax_uid, modality=new.modality, path=new.path,
-                    size_bytes=new.size_bytes, received_at=now, association_id=association_id,
-                    generation=generation, file_missing=False))
-                c.execute(update(Study).where(Study.id == study_id).values(
-                    instance_count=Study.instance_count + 1, total_bytes=Study.total_bytes + new.size_bytes,
-                    last_received_at=now))
-            return True
-        except IntegrityError:
-            if self.has_instance(new.sop_instance_uid):
-                return False
-            raise
+        with self.engine.begin() as c:
+            study = c.execute(select(Study.id, Study.state, Study.generation)
+                              .where(Study.study_instance_uid == new.study_instance_uid)
+                              .with_for_update()).first()
+            if study is None:
+                study_id, generation = c.execute(insert(Study).values(
+                    study_instance_uid=new.study_instance_uid, state=StudyState.RECEIVING.value,
+                    modality=new.modality, calling_ae_title=new.calling_ae_title,
+                    called_ae_title=new.called_ae_title, first_received_at=now, receiving_since=now,
+                    last_received_at=now, state_changed_at=now, patient_pseudonym=new.patient_pseudonym,
+                    generation=1, instance_count=0, total_bytes=0)).inserted_primary_key[0], 1
+            else:
+                study_id, generation = study.id, study.generation
+                if study.state != StudyState.RECEIVING.value:
+                    generation += 1
+                    c.execute(update(Study).where(Study.id == study_id).values(
+                        state=StudyState.RECEIVING.value, generation=generation, receiving_since=now,
+                        state_changed_at=now, completed_at=None))
+                    c.execute(insert(Event).values(
+                        kind="study", outcome="reopened", study_instance_uid=new.study_instance_uid,
+                        sop_instance_uid=new.sop_instance_uid, at=now,
+                        detail={"from": study.state, "generation": generation}))
+            c.execute(insert(Instance).values(
+                sop_instance_uid=new.sop_instance_uid, study_id=study_id,
+                series_instance_uid=new.series_instance_uid, sop_class_uid=new.sop_class_uid,
+                transfer_syntax_uid=new.transfer_syntax_uid, modality=new.modality, path=new.path,
+                size_bytes=new.size_bytes, received_at=now, association_id=association_id,
+                generation=generation, file_missing=False))
+            c.execute(update(Study).where(Study.id == study_id).values(
+                instance_count=Study.instance_count + 1, total_bytes=Study.total_bytes + new.size_bytes,
+                last_received_at=now))
 
     # -- completion ------------------------------------------------------------------------
 
@@ -263,7 +274,8 @@ class Store:
         capped = Study.receiving_since <= now - timedelta(seconds=max_wait_s)
         done: list[StudyRef] = []
         with self.session() as s:
-            for study in s.scalars(select(Study).where(Study.state == StudyState.RECEIVING.value, quiet | capped)):
+            for study in s.scalars(select(Study).where(Study.state == StudyState.RECEIVING.value, quiet | capped)
+                                   .with_for_update()):
                 study.state, study.completed_at, study.state_changed_at = StudyState.COMPLETE.value, now, now
                 s.add(Event(kind="study", outcome="complete", study_instance_uid=study.study_instance_uid,
                             detail={"instances": study.instance_count, "bytes": study.total_bytes,
@@ -278,7 +290,8 @@ class Store:
         check_move(from_state, to_state)
         with self.session() as s:
             study = s.scalar(select(Study).where(Study.state == from_state.value)
-                             .order_by(Study.state_changed_at, Study.id).limit(1))
+                             .order_by(Study.state_changed_at, Study.id).limit(1)
+                             .with_for_update(skip_locked=True))  # PostgreSQL: no double claim
             if study is None:
                 return None
             study.state, study.state_changed_at = to_state.value, utcnow()
@@ -408,6 +421,10 @@ class Store:
         """
         now = utcnow()
         with self.session() as s:
+            # PostgreSQL: one destination's attempt at a time per study, so the last one to
+            # finish sees every other destination's outcome when it settles the study.
+            s.scalar(select(Study).join(Result).join(Delivery).where(Delivery.id == delivery.id)
+                     .with_for_update(of=Study))
             row = s.get(Delivery, delivery.id)
             row.attempts += 1
             row.last_status, row.last_error = status, error
