@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, func, inspect, select, text
-from sqlalchemy.exc import DataError, StatementError
+from sqlalchemy.exc import StatementError
 
 from sonoshot.daemon.lifecycle import OutboxState, StudyState
 from sonoshot.db.models import Association, Delivery, Event, Instance, Study, utcnow
@@ -85,7 +85,7 @@ def test_migrate_creates_the_schema_and_is_idempotent(store):
     assert TABLES <= set(inspect(store.engine).get_table_names())
     store.migrate()  # already at head: nothing to do
     with store.engine.connect() as c:
-        assert c.scalar(text("SELECT version_num FROM alembic_version")) == "0001"
+        assert c.scalar(text("SELECT version_num FROM alembic_version")) == "0002"
         assert {i["name"] for i in inspect(c).get_indexes("studies")} >= {"ix_studies_state"}
 
 
@@ -319,11 +319,8 @@ def test_concurrent_claims_take_distinct_studies(store):
     assert sorted(claimed) == sorted(studies)
 
 
-def test_byte_counts_past_2_gib(store, request):
-    """A study (or association) may pass 2 GiB; PostgreSQL's INTEGER columns stop at 2**31 - 1."""
-    if store.engine.dialect.name == "postgresql":
-        request.applymarker(pytest.mark.xfail(strict=True, raises=DataError, reason="byte counts are INTEGER (32-bit) in "
-                                              "migration 0001; PostgreSQL needs BIGINT"))
+def test_byte_counts_past_2_gib(store):
+    """A study (or association) may pass 2 GiB: byte counts are BIGINT (migration 0002)."""
     study = _uid()
     assert store.record_instance(_instance(study, size=2**31 - 100))
     assert store.record_instance(_instance(study, size=1000))

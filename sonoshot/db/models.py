@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -55,7 +55,7 @@ class Association(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     outcome: Mapped[str | None] = mapped_column(String(32))  # released, aborted, interrupted
     instances_received: Mapped[int] = mapped_column(Integer, default=0)
-    bytes_received: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_received: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Study(Base):
@@ -72,7 +72,7 @@ class Study(Base):
     called_ae_title: Mapped[str | None] = mapped_column(AE_TITLE)
     route_rule: Mapped[str | None] = mapped_column(String(64))
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
-    total_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     first_received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     receiving_since: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)  # this generation
     last_received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -96,7 +96,7 @@ class Instance(Base):
     transfer_syntax_uid: Mapped[str] = mapped_column(UID)
     modality: Mapped[str | None] = mapped_column(String(16))
     path: Mapped[str] = mapped_column(String(300))  # relative to the spool folder
-    size_bytes: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     association_id: Mapped[int | None] = mapped_column(ForeignKey("associations.id"), index=True)
     generation: Mapped[int] = mapped_column(Integer, default=1)  # the study generation it arrived in
@@ -119,7 +119,7 @@ class Event(Base):
     sop_instance_uid: Mapped[str | None] = mapped_column(UID)
     association_id: Mapped[int | None] = mapped_column(Integer)
     calling_ae_title: Mapped[str | None] = mapped_column(AE_TITLE)
-    size_bytes: Mapped[int | None] = mapped_column(Integer)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     detail: Mapped[dict | None] = mapped_column(JSON)
 
 

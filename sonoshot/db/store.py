@@ -190,9 +190,9 @@ class Store:
             if row is None or row.ended_at is not None:
                 return
             row.ended_at, row.outcome = utcnow(), outcome
-            row.instances_received, row.bytes_received = s.execute(
-                select(func.count(), func.coalesce(func.sum(Instance.size_bytes), 0))
-                .where(Instance.association_id == association_id)).one()
+            count, size = s.execute(select(func.count(), func.coalesce(func.sum(Instance.size_bytes), 0))
+                                    .where(Instance.association_id == association_id)).one()
+            row.instances_received, row.bytes_received = int(count), int(size)  # PostgreSQL sums are NUMERIC
             s.add(Event(kind="association", outcome=outcome, association_id=row.id,
                         calling_ae_title=row.calling_ae_title,
                         detail={"instances": row.instances_received, "bytes": row.bytes_received}))
