@@ -40,10 +40,6 @@ class PurgeCounts:
     work_studies: int = 0
     work_files: int = 0
 
-    @property
-    def total_files(self) -> int:
-        return self.spool_files + self.work_files
-
 
 def _inside(root: Path, relative: str) -> Path:
     """``root / relative``, refusing paths that would leave ``root``."""

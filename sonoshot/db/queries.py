@@ -218,10 +218,8 @@ def queue_depths(store: Store) -> dict[str, int]:
     with store.read_session() as s:
         pending = s.scalar(select(func.count()).select_from(Delivery)
                            .where(Delivery.state == OutboxState.PENDING.value))
-    return {"complete": by_state[StudyState.COMPLETE.value],
-            "processing": by_state[StudyState.PROCESSING.value],
-            "awaiting-detector": by_state[StudyState.AWAITING_DETECTOR.value],
-            "pending-deliveries": pending or 0}
+    depths = {**by_state, "pending-deliveries": pending or 0}
+    return {queue: depths[queue] for queue in QUEUES}
 
 
 def open_associations(store: Store) -> int:

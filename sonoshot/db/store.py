@@ -328,10 +328,6 @@ class Store:
             return [InstanceRef(r.sop_instance_uid, r.series_instance_uid, r.sop_class_uid, r.path, r.file_missing)
                     for r in rows]
 
-    def count_studies(self) -> dict[str, int]:
-        with self.read_session() as s:
-            return dict(s.execute(select(Study.state, func.count()).group_by(Study.state)).all())
-
     # -- restart recovery ------------------------------------------------------------------
 
     def known_paths(self) -> set[str]:
