@@ -85,7 +85,11 @@ class Daemon:
             allowed = self.config["network"].get("allowed_calling_ae_titles") or ["ECHOSCU"]
             return echo("127.0.0.1", self.port, self.aet, calling_aet=allowed[0])
 
-        wait_for(listening, timeout=timeout, interval=0.2, what="sonoshot to answer C-ECHO")
+        try:
+            wait_for(listening, timeout=timeout, interval=0.2, what="sonoshot to answer C-ECHO")
+        except BaseException:
+            self.kill()  # __exit__ does not run when __enter__ fails: leave no daemon behind
+            raise
         return self
 
     def log(self) -> str:
