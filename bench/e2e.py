@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.daemon import Daemon, fit_demo_bundle  # noqa: E402  (the same real-process launchers the tests use)
 from tests.peers import Orthanc, wait_for  # noqa: E402
-from tests.conftest import _find_shared  # noqa: E402
+from tests.conftest import find_shared  # noqa: E402
 
 
 def send_study(port: int, aet: str, source: Path) -> tuple[str, float]:
@@ -57,7 +57,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quiet", type=float, default=1.0, help="quiet period in seconds")
     args = parser.parse_args()
-    shared = _find_shared()
+    shared = find_shared()
     if shared is None:
         sys.exit("shared data not found: set SONOSHOT_SHARED")
     source = Path(get_testdata_file("examples_ybr_color.dcm", download=False))

@@ -131,22 +131,28 @@ def send(port: int, aet: str, files: list[Path]) -> float:
     return seconds
 
 
-def run_storescp(files: list[Path], work: Path) -> float:
-    out = work / "out"
-    out.mkdir()
-    port = free_port()
-    process = subprocess.Popen(["storescp", "--aetitle", "STORESCP", "--output-directory", str(out),
-                                "--accept-all", str(port)],
-                               env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def time_receiver(command: list[str], port: int, aet: str, name: str, files: list[Path], out: Path,
+                  env: dict[str, str] | None = None) -> float:
+    """Start a receiver writing into ``out``, time ``storescu`` sending ``files`` to it, stop it,
+    and check every instance arrived; exits on any failure."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_listening(process, port, "STORESCP", "storescp")
-        seconds = send(port, "STORESCP", files)
+        wait_listening(process, port, aet, name)
+        seconds = send(port, aet, files)
     finally:
         stop(process)
     stored = sum(1 for p in out.iterdir() if p.is_file())
     if stored != len(files):
-        sys.exit(f"storescp stored {stored} of {len(files)} instances")
+        sys.exit(f"{name} stored {stored} of {len(files)} instances")
     return seconds
+
+
+def run_storescp(files: list[Path], work: Path) -> float:
+    out = work / "out"
+    out.mkdir()
+    port = free_port()
+    return time_receiver(["storescp", "--aetitle", "STORESCP", "--output-directory", str(out), "--accept-all",
+                          str(port)], port, "STORESCP", "storescp", files, out, env=DCMTK_ENV)
 
 
 BARE_SCP = """
@@ -176,17 +182,8 @@ def run_bare_pynetdicom(files: list[Path], work: Path) -> float:
     out = work / "out"
     out.mkdir()
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-c", BARE_SCP, str(port), str(out)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_listening(process, port, "BARE", "pynetdicom bare SCP")
-        seconds = send(port, "BARE", files)
-    finally:
-        stop(process)
-    stored = sum(1 for p in out.iterdir() if p.is_file())
-    if stored != len(files):
-        sys.exit(f"the bare pynetdicom SCP stored {stored} of {len(files)} instances")
-    return seconds
+    return time_receiver([sys.executable, "-c", BARE_SCP, str(port), str(out)], port, "BARE",
+                         "the bare pynetdicom SCP", files, out)
 
 
 def run_sonoshot(files: list[Path], work: Path, fsync: bool) -> float:

@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _find_shared() -> Path | None:
+def find_shared() -> Path | None:
     env = os.environ.get("SONOSHOT_SHARED")
     for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared", REPO / "shared"]:
         if (candidate / "data").is_dir():
@@ -23,7 +23,7 @@ def _find_shared() -> Path | None:
 @pytest.fixture(scope="session")
 def shared() -> Path:
     """The shared data folder (``../shared`` or ``$SONOSHOT_SHARED``), read in place."""
-    path = _find_shared()
+    path = find_shared()
     if path is None:
         pytest.fail("shared data not found: set SONOSHOT_SHARED or place shared/ beside the checkout")
     return path

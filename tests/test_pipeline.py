@@ -22,12 +22,6 @@ from tests.util import require_binary
 STUDY_FILE = "orthanc-Issue16.dcm"  # multi-frame JPEG Baseline ultrasound, 34 frames, 2 regions
 
 
-@pytest.fixture(scope="session")
-def bundle(demo_bundle: Path) -> Path:
-    """The session's real detector bundle (see ``demo_bundle`` in conftest)."""
-    return demo_bundle
-
-
 def _pipeline(tmp_path: Path, bundle: Path | None, pacs: Orthanc, **delivery) -> Daemon:
     config = {"delivery": {"destinations": [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
                                              "port": pacs.dicom_port}],
@@ -51,10 +45,10 @@ def _copy_with_new_instance(src: Path, dst: Path) -> pydicom.Dataset:
     return ds
 
 
-def test_orthanc_forwards_and_receives_the_sr(tmp_path, shared_dicom, bundle):
+def test_orthanc_forwards_and_receives_the_sr(tmp_path, shared_dicom, demo_bundle):
     require_binary("dciodvfy")
     pacs = Orthanc(tmp_path / "orthanc")
-    daemon = _pipeline(tmp_path, bundle, pacs)
+    daemon = _pipeline(tmp_path, demo_bundle, pacs)
     with pacs, daemon:
         stored = pacs.upload(shared_dicom / STUDY_FILE)
         study_uid = pacs.rest(f"/studies/{stored['ParentStudy']}")["MainDicomTags"]["StudyInstanceUID"]
@@ -90,9 +84,9 @@ def _dump(daemon: Daemon) -> str:
     return "\n".join(repr(row) for t in tables for row in daemon.query(f"select * from {t}"))
 
 
-def test_sr_waits_for_orthanc_and_is_delivered_once(tmp_path, shared_dicom, bundle):
+def test_sr_waits_for_orthanc_and_is_delivered_once(tmp_path, shared_dicom, demo_bundle):
     pacs = Orthanc(tmp_path / "orthanc")
-    daemon = _pipeline(tmp_path, bundle, pacs)
+    daemon = _pipeline(tmp_path, demo_bundle, pacs)
     with daemon:
         src = tmp_path / "study.dcm"
         ds = _copy_with_new_instance(shared_dicom / STUDY_FILE, src)
@@ -109,9 +103,9 @@ def test_sr_waits_for_orthanc_and_is_delivered_once(tmp_path, shared_dicom, bund
             assert len(_srs(pacs, ds.StudyInstanceUID)) == 1
 
 
-def test_late_instance_gives_a_superseding_sr(tmp_path, shared_dicom, bundle):
+def test_late_instance_gives_a_superseding_sr(tmp_path, shared_dicom, demo_bundle):
     pacs = Orthanc(tmp_path / "orthanc")
-    daemon = _pipeline(tmp_path, bundle, pacs)
+    daemon = _pipeline(tmp_path, demo_bundle, pacs)
     with pacs, daemon:
         first, late = tmp_path / "first.dcm", tmp_path / "late.dcm"
         ds = _copy_with_new_instance(shared_dicom / STUDY_FILE, first)
@@ -129,7 +123,7 @@ def test_late_instance_gives_a_superseding_sr(tmp_path, shared_dicom, bundle):
         assert daemon.query("select count(*), max(generation) from results") == [(2, 2)]
 
 
-def test_studies_wait_for_a_detector_then_run_after_reload(tmp_path, shared_dicom, bundle):
+def test_studies_wait_for_a_detector_then_run_after_reload(tmp_path, shared_dicom, demo_bundle):
     pacs = Orthanc(tmp_path / "orthanc")
     daemon = _pipeline(tmp_path, None, pacs)
     with pacs, daemon:
@@ -138,7 +132,7 @@ def test_studies_wait_for_a_detector_then_run_after_reload(tmp_path, shared_dico
         assert dcmsend(daemon.port, [src]).returncode == 0
         wait_for(lambda: daemon.study_state(ds.StudyInstanceUID) == "awaiting-detector", timeout=30,
                  what="awaiting-detector")
-        daemon.config["detector"] = {"bundle": str(bundle)}
+        daemon.config["detector"] = {"bundle": str(demo_bundle)}
         daemon.config_path.write_text(tomli_w.dumps(daemon.config))
         daemon.process.send_signal(signal.SIGHUP)
         wait_for(lambda: daemon.study_state(ds.StudyInstanceUID) == "delivered", timeout=120, interval=0.5,
@@ -146,9 +140,9 @@ def test_studies_wait_for_a_detector_then_run_after_reload(tmp_path, shared_dico
         assert len(_srs(pacs, ds.StudyInstanceUID)) == 1
 
 
-def test_undecodable_study_is_quarantined_not_reported(tmp_path, shared_dicom, bundle):
+def test_undecodable_study_is_quarantined_not_reported(tmp_path, shared_dicom, demo_bundle):
     pacs = Orthanc(tmp_path / "orthanc")
-    daemon = _pipeline(tmp_path, bundle, pacs)
+    daemon = _pipeline(tmp_path, demo_bundle, pacs)
     with daemon:
         ds = pydicom.dcmread(shared_dicom / "dcm4che-will-jxl.dcm", force=True)
         ae = AE(ae_title="MODALITY")

@@ -30,7 +30,7 @@ from sonoshot.db.store import InstanceRef, NewResult, Store, StudyRef
 from sonoshot.dicom_io.deid import DeidPolicy, deidentify_file
 from sonoshot.dicom_io.pixels import UndecodableError
 from sonoshot.dicom_io.report import (ImageScoreRef, PredecessorRef, QuarantinedRef, StudyResult, VerdictValues,
-                                      build_report)
+                                      build_report, report_sop_instance_uid)
 from sonoshot.dicom_io.spool import Spool
 from sonoshot.model import Detector, ImageScore
 
@@ -192,14 +192,11 @@ class StudyWorker:
             backbone=detector.backbone_name, algorithm_name=detector.name, algorithm_version=detector.version)
         previous = self.store.latest_result(study)
         predecessor = None
-        if previous is not None and self.spool.path(previous.sr_path).is_file():
+        if previous is not None and previous.sr_sop_instance_uid != report_sop_instance_uid(result) \
+                and self.spool.path(previous.sr_path).is_file():  # the same result again supersedes nothing
             predecessor = PredecessorRef.from_dataset(dcmread(self.spool.path(previous.sr_path),
                                                               stop_before_pixels=True))
-        originals = [headers[s.original.sop_instance_uid] for s in scored]
-        sr = build_report(originals, result, predecessor)
-        if predecessor is not None and predecessor.sop_instance_uid == sr.SOPInstanceUID:
-            predecessor = None  # the same result again (a requeue): nothing new to supersede
-            sr = build_report(originals, result)
+        sr = build_report([headers[s.original.sop_instance_uid] for s in scored], result, predecessor)
         relative = self.spool.report_path(study.study_instance_uid, sr.SOPInstanceUID)
         buffer = _encode(sr)
         self.spool.put(relative, buffer)

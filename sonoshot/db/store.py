@@ -209,18 +209,17 @@ class Store:
         This runs once per received instance, so it uses three Core statements in one
         transaction; the instance row itself is the audit record of the receipt.
         """
-        for attempt in range(3):
+        retries = 2  # PostgreSQL: another association may create the study at the same moment
+        while True:
             try:
                 self._record_instance(new, association_id)
                 return True
             except IntegrityError:
                 if self.has_instance(new.sop_instance_uid):
                     return False
-                if attempt == 2:
+                if not retries:
                     raise
-                # PostgreSQL: another association created the study at the same moment; retry
-                # and find it (SQLite's write lock makes this impossible there).
-        raise AssertionError("unreachable")
+                retries -= 1  # the retry finds the study the other transaction created
 
     def _record_instance(self, new: NewInstance, association_id: int | None) -> None:
         now = utcnow()
