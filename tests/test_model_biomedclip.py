@@ -92,6 +92,13 @@ def test_auto_resolves_to_biomedclip_and_loads_weights(config: DetectorConfig, t
     emb = backbone.embed_images([np.zeros((50, 70, 3), np.uint8)] * 2)
     assert emb.shape == (2, 16)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    batch = torch.rand(2, 3, backbone.image_size, backbone.image_size)
+    same, patches = backbone.embed_tensors_with_patches(batch)
+    np.testing.assert_allclose(same, backbone.embed_tensors(batch), atol=1e-5)
+    grid = (backbone.image_size // backbone.model.visual.trunk.patch_embed.patch_size[0]) ** 2
+    assert patches is not None and patches.shape[:2] == (2, grid)
+    np.testing.assert_allclose(np.linalg.norm(patches.astype(np.float32), axis=-1), 1.0,
+                               rtol=2e-3)
     state = torch.load(tiny / "open_clip_pytorch_model.bin", weights_only=True)
     loaded = backbone.model.state_dict()
     assert all(torch.equal(state[k], loaded[k]) for k in state)
@@ -124,6 +131,7 @@ def test_zero_shot_fit_score_and_bundle_round_trip(config: DetectorConfig, tmp_p
     backbone = create_backbone(config)
     detector = fit_detector(backbone, _images(1, 4, False), _images(2, 4, True), config, seed=3)
     assert detector.state.mode == "labelled" and detector.state.head is not None
+    assert detector.state.bank is not None and detector.state.global_scale is not None
     assert detector.provenance["prompts"]["abnormal"]
     digest = save_bundle(detector, tmp_path / "bundle")
     loaded = load_detector(dataclasses.replace(config, bundle=str(tmp_path / "bundle")))

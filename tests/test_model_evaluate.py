@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from sonoshot.cli import main
+from sonoshot.model.detector import Embeddings
 from sonoshot.model.evaluate import Example, draw_split, markdown_table, read_manifest, run_protocol
 from sonoshot.model.head import N_VIEWS
 from sonoshot.model.inputs import InputError
@@ -35,16 +36,21 @@ def test_run_protocol_rows_and_table() -> None:
     centres = rng.normal(size=(2, 16))
     views = centres[labels][:, None] + 0.8 * rng.normal(size=(n, N_VIEWS, 16))
     views = (views / np.linalg.norm(views, axis=-1, keepdims=True)).astype(np.float32)
+    patches = views[:, :, None, :] + 0.3 * rng.normal(size=(n, N_VIEWS, 3, 16))  # 3 per image
+    patches /= np.linalg.norm(patches, axis=-1, keepdims=True)
     examples = [Example(f"{i}.png", int(labels[i]), str(i // 2)) for i in range(n)]
-    rows, curves = run_protocol(views, examples, [2, 4], 2, "labelled", None)
+    rows, curves = run_protocol(Embeddings(views, patches.astype(np.float16)), examples, [2, 4],
+                                2, "labelled", None)
     names = {r["method"] for r in rows}
     assert names == {"sonoshot", "sonoshot-no-projection", "sonoshot-no-augmentation",
-                     "baseline-prototype", "baseline-knn", "baseline-logreg"}
+                     "sonoshot-no-patches", "sonoshot-patches-only", "baseline-prototype",
+                     "baseline-knn", "baseline-logreg"}
     assert all(r["auroc_mean"] > 0.8 and r["seeds"] == 2 for r in rows)
     assert set(curves) == {(m, k) for m in names for k in (2, 4)}
     table = markdown_table(rows)
     assert "| sonoshot | AUROC |" in table and "k=4" in table
-    rows, _ = run_protocol(views, examples, [2], 1, "normal-only", None)
+    rows, _ = run_protocol(Embeddings(views, patches.astype(np.float16)), examples, [2], 1,
+                           "normal-only", None)
     assert {r["method"] for r in rows} == {"sonoshot", "baseline-prototype", "baseline-knn"}
 
 
@@ -83,7 +89,7 @@ def test_eval_command_writes_report(busi: Path, tmp_path: Path) -> None:
     assert (report / "roc-labelled-k2.png").stat().st_size > 1000
     assert (report / "roc-normal-only-k1.png").is_file()
     assert "| baseline-logreg | AUROC |" in (report / "report.md").read_text()
-    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
 
 
 def test_fit_command_and_its_errors(busi: Path, tmp_path: Path,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sonoshot.model.detector import DetectorError, fit_state
+from sonoshot.model.detector import DetectorError, Embeddings, fit_state
 from sonoshot.model.head import (N_VIEWS, HeadConfig, ProjectionHead, augment_views, prototypes,
                                  train_head, tta_embedding)
 
@@ -18,6 +18,17 @@ def clusters(n: int, seed: int, dim: int = 24, spread: float = 0.6) -> tuple[np.
     labels = np.arange(n) % 2
     x = centres[labels][:, None] + spread * rng.normal(size=(n, N_VIEWS, dim))
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32), labels
+
+
+def with_patches(views: np.ndarray, labels: np.ndarray, seed: int) -> Embeddings:
+    """Embeddings whose abnormal images carry one patch unlike any normal patch."""
+    rng = np.random.default_rng(seed + 100)
+    base = np.zeros((len(views), N_VIEWS, 6, 8), np.float32)
+    base[..., 0] = 1.0
+    base += 0.05 * rng.normal(size=base.shape)
+    base[labels == 1, :, 2, 1] += 1.0
+    return Embeddings(views, (base / np.linalg.norm(base, axis=-1, keepdims=True)).astype(
+        np.float16))
 
 
 def test_head_is_identity_at_initialisation() -> None:
@@ -65,13 +76,24 @@ def test_augment_views_shapes_and_tta() -> None:
 def test_fit_state_modes_and_separation() -> None:
     views, labels = clusters(16, 2)
     query, qlabels = clusters(40, 2)
-    state = fit_state(views, labels, None, seed=0, head_config=HeadConfig(steps=30))
-    assert state.mode == "labelled" and state.head is not None
-    scores = state.score(tta_embedding(query))
+    support, probe = with_patches(views, labels, 0), with_patches(query, qlabels, 1)
+    state = fit_state(support, labels, None, seed=0, head_config=HeadConfig(steps=30))
+    assert state.mode == "labelled" and state.head is not None and state.bank is not None
+    assert len(state.bank.patches) == 8 * N_VIEWS * 6  # the normal examples' patches
+    scores = state.score(probe)
     assert ((scores > state.threshold) == qlabels).mean() > 0.9
-    normal = fit_state(views[labels == 0], labels[labels == 0], None, seed=0)
-    assert normal.mode == "normal-only" and normal.nearest and normal.head is None
-    assert normal.score(tta_embedding(query))[qlabels == 1].mean() > \
-        normal.score(tta_embedding(query))[qlabels == 0].mean()
+    assert state.global_scale is not None and state.patch_scale[1] > 0
+
+    global_only = fit_state(support, labels, None, seed=0, head_config=HeadConfig(steps=30),
+                            use_patches=False)
+    assert global_only.bank is None
+    assert ((global_only.score(probe) > global_only.threshold) == qlabels).mean() > 0.9
+    normal = fit_state(support[labels == 0], labels[labels == 0], None, seed=0)
+    assert normal.mode == "normal-only" and normal.head is None and normal.protos is None
+    normal_scores = normal.score(probe)
+    assert normal_scores[qlabels == 1].min() > normal_scores[qlabels == 0].max()
+    assert normal.threshold < normal_scores[qlabels == 1].min()
     with pytest.raises(DetectorError, match="no normal example"):
-        fit_state(views[labels == 1], labels[labels == 1], None, seed=0)
+        fit_state(support[labels == 1], labels[labels == 1], None, seed=0)
+    with pytest.raises(DetectorError, match="neither a text tower nor patch features"):
+        fit_state(Embeddings(views[labels == 0], None), labels[labels == 0], None, seed=0)

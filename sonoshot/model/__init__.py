@@ -2,6 +2,7 @@
 =====
 
 Everything that learns or scores: backbones, the clinical prompt bank, the projection head,
+the patch memory,
 the detector (fit / score / bundle) and the k-shot evaluation.
 """
 

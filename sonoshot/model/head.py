@@ -103,11 +103,6 @@ def prototypes(z: torch.Tensor, labels: torch.Tensor, text: torch.Tensor | None,
     return F.normalize(torch.stack(rows), dim=-1)
 
 
-def abnormal_probability(z: torch.Tensor, protos: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Softmax probability of the abnormal prototype from cosine logits."""
-    return torch.softmax(z @ protos.T / temperature, dim=-1)[:, 1]
-
-
 def train_head(views: np.ndarray, labels: np.ndarray, text: np.ndarray | None,
                config: HeadConfig, seed: int, augment: bool = True
                ) -> tuple[ProjectionHead, dict[str, float]]:
