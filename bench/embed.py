@@ -4,9 +4,11 @@
 Throughput of the detector's embedding path, and the cost/benefit of lower precision.
 
 1. images/s of the whole path, DICOM file -> decoded, cropped, sampled frames -> annotation
-   mask, letterbox, resize -> normalise -> backbone forward, against the bare backbone forward on
-   a ready tensor batch of the same size, interleaved batch by batch in the same run, for efficientnet-lite0 (real weights)
-   and ViT-B/16 with random weights (standing in for BiomedCLIP's image tower cost);
+   mask, letterbox, resize -> normalise -> backbone forward (embedding and patch features),
+   against the bare backbone forward on a ready tensor batch of the same size, interleaved
+   batch by batch in the same run, for efficientnet-lite0 (real weights) and ViT-B/16 with
+   random weights (standing in for BiomedCLIP's image tower cost); once with one view per
+   image, once with the detector's four test-time augmentation views on both sides;
 2. bare forward images/s in fp32, bf16 (CPU autocast) and int8 dynamic quantisation (Linear
    layers), and the change in nearest-prototype AUROC on BUSI (k = 8 and 16, 5 draws,
    efficientnet-lite0; the ViT has random weights, so only its timings mean anything).
@@ -29,6 +31,7 @@ from sklearn.metrics import roc_auc_score
 from sonoshot.config import DetectorConfig
 from sonoshot.model.backbones import Backbone, create_backbone, prepare_image
 from sonoshot.model.evaluate import draw_split, read_manifest
+from sonoshot.model.head import N_VIEWS, augment_views
 from sonoshot.model.inputs import InputError, read_input
 
 BATCH = 16
@@ -54,36 +57,48 @@ class RandomViT(Backbone):
         return F.normalize(self.model(batch), dim=-1)
 
 
-def full_path(backbone: Backbone, files: list[Path], frames_per_cine: int
-              ) -> tuple[int, float, float]:
-    """Images, seconds of the whole path (DICOM file to embedding), and seconds of bare
-    forwards of a ready batch of the same size, each timed right after its full-path batch so
-    that both see the same load on a shared machine."""
+def full_path(backbone: Backbone, files: list[Path], frames_per_cine: int, views: int = 1
+              ) -> tuple[int, float, float, float]:
+    """Images, seconds of the whole path (DICOM file to embedding and patch features, as the
+    detector runs it), seconds of bare forwards of a ready batch of the same size, and the
+    median over batches of their per-batch ratio. Each full-path batch is bracketed by bare
+    forwards (before and after, averaged) so that both see the same load on a shared
+    machine. ``views`` > 1 is the detector's test-time augmentation: that many augmentation
+    views per image on both sides."""
     ready = backbone.normalise(torch.rand(BATCH, 3, backbone.image_size, backbone.image_size))
     full_s = bare_s = 0.0
     count = 0
+    ratios: list[float] = []
     pending: list[torch.Tensor] = []
-    start = time.perf_counter()
 
-    def flush() -> None:
-        nonlocal full_s, bare_s, count, pending, start
-        backbone.embed_tensors(torch.stack(pending))
-        full_s += time.perf_counter() - start
+    def bare_pass(n: int) -> float:
         t0 = time.perf_counter()
-        backbone.forward(ready[:len(pending)])
-        bare_s += time.perf_counter() - t0
-        count += len(pending)
-        pending = []
-        start = time.perf_counter()
+        for _ in range(views):
+            backbone.forward(ready[:n])
+        return time.perf_counter() - t0
 
+    def flush(started: float, before: float) -> None:
+        nonlocal full_s, bare_s, count, pending
+        for view in augment_views(torch.stack(pending))[:views]:
+            backbone.embed_tensors_with_patches(view)
+        full = time.perf_counter() - started
+        bare_batch = (before + bare_pass(len(pending))) / 2
+        full_s, bare_s, count = full_s + full, bare_s + bare_batch, count + len(pending)
+        ratios.append(bare_batch / full)
+        pending = []
+
+    before = bare_pass(BATCH)
+    start = time.perf_counter()
     for path in files:
         for frame in read_input(path, frames_per_cine).frames:
             pending.append(prepare_image(frame, backbone.image_size))
             if len(pending) == BATCH:
-                flush()
+                flush(start, before)
+                before = bare_pass(BATCH)
+                start = time.perf_counter()
     if pending:
-        flush()
-    return count, full_s, bare_s
+        flush(start, bare_pass(len(pending)))
+    return count, full_s, bare_s, float(np.median(ratios))
 
 
 def bare(backbone: Backbone, images: int, precision: str = "fp32") -> float:
@@ -150,15 +165,18 @@ def main() -> None:
              f"CPU: {torch.get_num_threads()} torch threads, batch {BATCH}, torch {torch.__version__}; "
              f"{len(files)} DICOM files ({args.repeat} passes over the decodable shared files), "
              f"{args.frames_per_cine} frames per cine.", "",
-             "| backbone | full path DICOM->embedding (img/s) | bare forward (img/s) | ratio |",
-             "|---|---|---|---|"]
+             "| backbone | views per image | full path DICOM->embedding (img/s) | "
+             "bare forward (img/s) | ratio | median per-batch ratio |",
+             "|---|---|---|---|---|---|"]
     backbones = {"efficientnet-lite0": create_backbone(DetectorConfig(backbone="efficientnet-lite0")),
                  "vit-b-16-random": RandomViT()}
     for name, backbone in backbones.items():
         bare(backbone, BATCH)  # warm-up
-        count, seconds, bare_s = full_path(backbone, files, args.frames_per_cine)
-        lines.append(f"| {name} | {count / seconds:.1f} | {count / bare_s:.1f} | "
-                     f"{bare_s / seconds:.2f}x |")
+        for views in (1, N_VIEWS):
+            count, seconds, bare_s, median = full_path(backbone, files, args.frames_per_cine,
+                                                       views)
+            lines.append(f"| {name} | {views} | {count / seconds:.1f} | {count / bare_s:.1f} | "
+                         f"{bare_s / seconds:.2f}x | {median:.2f}x |")
     lines += ["", "| backbone | precision | bare forward (img/s) | prototype AUROC k=8 | k=16 |",
               "|---|---|---|---|---|"]
     for name in backbones:

@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from sonoshot.config import DetectorConfig
 
@@ -43,6 +42,9 @@ BIOMEDBERT_HUB_ID = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
 BACKBONES = ("biomedclip", "efficientnet-lite0")
 CLIP_WEIGHT_FILES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json")
+# Bumped whenever prepare_image or the backbones' outputs change, so that cached embeddings
+# of an older preparation are not reused.
+PREPARATION_VERSION = 3
 
 
 class BackboneError(ValueError):
@@ -58,39 +60,65 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def mask_annotations(image: np.ndarray) -> np.ndarray:
-    """Replace burned-in text, callipers and colour overlays with the local tissue median.
+def _window_max(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Maximum over the ``(2r+1)`` square around each pixel of a 2-D tensor (separable
+    shifts; the border sees only the inside)."""
+    for dim in (0, 1):
+        out, n = x.clone(), x.shape[dim]
+        for d in range(1, radius + 1):
+            ahead, behind = out.narrow(dim, 0, n - d), out.narrow(dim, d, n - d)
+            ahead.copy_(torch.maximum(ahead, x.narrow(dim, d, n - d)))
+            behind.copy_(torch.maximum(behind, x.narrow(dim, 0, n - d)))
+        x = out
+    return x
+
+
+def _window_sum(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Sum over the ``size x size`` window around each pixel (zero outside), by integral image."""
+    r = size // 2
+    c = F.pad(x, (r + 1, r, r + 1, r)).cumsum(0).cumsum(1)
+    return c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]
+
+
+def mask_annotations(image: torch.Tensor) -> torch.Tensor:
+    """Replace burned-in text, callipers and colour overlays with the local tissue mean.
 
     Ultrasound B-mode is grey: coloured pixels (channel spread > 40) and small saturated
-    specks (grey >= 235 that a 3x3 opening removes) are overlay, not anatomy. They are filled
-    with the mean of the unmasked grey pixels in a 15x15 window, so marks cannot leak the label.
+    specks (grey >= 235 that a 3x3 opening removes) are overlay, not anatomy. Both, grown by
+    2 pixels, are filled with the mean of the unmasked grey pixels in a 15x15 window (the
+    median unmasked grey where the window holds almost none), so marks cannot leak the label.
 
     Parameters
     ----------
-    image : numpy.ndarray
-        RGB ``(H, W, 3)`` uint8.
+    image : torch.Tensor
+        RGB ``(3, H, W)`` float in [0, 255].
 
     Returns
     -------
-    numpy.ndarray
-        RGB ``(H, W, 3)`` uint8 with overlays filled.
+    torch.Tensor
+        The image itself when nothing is masked, else the filled grey image as ``(3, H, W)``.
     """
-    grey = image.mean(axis=2)
-    spread = image.max(axis=2).astype(np.int16) - image.min(axis=2)
-    bright = grey >= 235
-    thin = bright & ~ndimage.binary_opening(bright, structure=np.ones((3, 3), bool))
-    mask = ndimage.binary_dilation((spread > 40) | thin, iterations=2)
+    total = image.sum(0)
+    bright = (total >= 3 * 235).float()
+    opened = _window_max(-_window_max(-bright, 1), 1)
+    overlay = (image.amax(0) - image.amin(0) > 40) | (bright > opened)
+    mask = _window_max(overlay.float(), 2) > 0
     if not mask.any():
         return image
-    keep = (~mask).astype(np.float32)
-    weight = ndimage.uniform_filter(keep, size=15)
-    fill = ndimage.uniform_filter(grey * keep, size=15) / np.maximum(weight, 1e-3)
-    out = np.where(mask, np.where(weight > 0.05, fill, np.median(grey[~mask])), grey)
-    return np.repeat(out.clip(0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    grey = total / 3
+    keep = (~mask).float()
+    weight = _window_sum(keep, 15)
+    out = torch.where(mask, _window_sum(grey * keep, 15) / weight.clamp(min=0.225), grey)
+    far = mask & (weight <= 0.05 * 225)
+    if far.any():
+        tissue = grey[~mask]
+        out[far] = tissue[:: max(1, len(tissue) // 4096)].median() if len(tissue) else 0.0
+    return out.clamp(0, 255).floor().expand(3, -1, -1)
 
 
 def prepare_image(image: np.ndarray, size: int, mask: bool = True) -> torch.Tensor:
-    """An RGB or monochrome frame as a ``(3, size, size)`` float tensor in [0, 1].
+    """An RGB or monochrome frame as a ``(3, size, size)`` float tensor in [0, 1]:
+    annotations masked (:func:`mask_annotations`), letterboxed to a square, resized.
 
     Raises
     ------
@@ -98,20 +126,20 @@ def prepare_image(image: np.ndarray, size: int, mask: bool = True) -> torch.Tens
         If the array is not ``(H, W)`` or ``(H, W, 3)``.
     """
     if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] != 3:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3):
         raise ValueError(f'Argument "image" must be (H, W) or (H, W, 3), got shape {image.shape}.')
     if image.dtype != np.uint8:
         lo, hi = float(image.min()), float(image.max())
         image = ((image - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8)
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().expand(3, -1, -1)
     if mask:
-        image = mask_annotations(image)
-    h, w = image.shape[:2]
+        x = mask_annotations(x)
+    h, w = x.shape[1:]
     side = max(h, w)
-    square = np.zeros((side, side, 3), np.uint8)
-    square[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = image
-    tensor = torch.from_numpy(square).permute(2, 0, 1).float().div_(255).unsqueeze(0)
-    return F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True,
+    top, left = (side - h) // 2, (side - w) // 2
+    square = F.pad(x, (left, side - w - left, top, side - h - top)).unsqueeze(0) / 255
+    return F.interpolate(square, size=(size, size), mode="bilinear", antialias=True,
                          align_corners=False)[0]
 
 

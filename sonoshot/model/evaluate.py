@@ -24,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score, roc_curve
 from tqdm import tqdm
 
-from sonoshot.model.backbones import Backbone
+from sonoshot.model.backbones import PREPARATION_VERSION, Backbone
 from sonoshot.model.detector import Embeddings, embed_views, fit_state, text_anchors
 from sonoshot.model.head import HeadConfig
 from sonoshot.model.inputs import InputError, read_input
@@ -69,8 +69,9 @@ def read_manifest(folder: Path) -> list[Example]:
 def embed_examples(backbone: Backbone, folder: Path, examples: Sequence[Example],
                    cache_dir: Path | None, mask: bool = True) -> Embeddings:
     """View embeddings and patch features of the examples, cached by backbone and file list."""
-    key = hashlib.sha256(json.dumps([backbone.name, backbone.sha256, mask, str(folder.resolve()),
-                                     [e.file for e in examples]]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([backbone.name, backbone.sha256, PREPARATION_VERSION, mask,
+                                     str(folder.resolve()), [e.file for e in examples]]
+                                    ).encode()).hexdigest()[:16]
     cache = None if cache_dir is None else cache_dir / f"{backbone.name}-{key}.npz"
     if cache is not None and cache.is_file():
         with np.load(cache) as saved:
