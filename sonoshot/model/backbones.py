@@ -132,7 +132,9 @@ def prepare_image(image: np.ndarray, size: int, mask: bool = True) -> torch.Tens
     if image.dtype != np.uint8:
         lo, hi = float(image.min()), float(image.max())
         image = ((image - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8)
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().expand(3, -1, -1)
+    if not (image.flags.writeable and image.flags.c_contiguous):
+        image = np.array(image)  # torch shares numpy's memory: hand it a writable copy
+    x = torch.from_numpy(image).permute(2, 0, 1).float().expand(3, -1, -1)
     if mask:
         x = mask_annotations(x)
     h, w = x.shape[1:]
