@@ -144,6 +144,13 @@ def test_zero_shot_fit_score_and_bundle_round_trip(config: DetectorConfig, tmp_p
     meta = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
     assert len(meta["support"]) == 8 and meta["backbone"]["sha256"] == backbone.sha256
 
+    normal_only = fit_detector(backbone, _images(1, 4, False), [], config, seed=3)
+    state = normal_only.state
+    assert state.mode == "normal-only" and state.head is None
+    assert state.protos is not None and state.bank is not None  # text anchor + patch memory
+    scores = normal_only.score_frames([im.frames[0] for im in probe])
+    assert ((0.0 <= scores) & (scores <= 1.0)).all()
+
     with pytest.raises(DetectorError, match="fitted on backbone biomedclip"):
         load_detector(dataclasses.replace(config, bundle=str(tmp_path / "bundle"),
                                           backbone="efficientnet-lite0"))
