@@ -5,10 +5,10 @@ Throughput of the detector's embedding path, and the cost/benefit of lower preci
 
 1. images/s of the whole path, DICOM file -> decoded, cropped, sampled frames -> annotation
    mask, letterbox, resize -> normalise -> backbone forward (embedding and patch features),
-   against the bare backbone forward on a ready tensor batch of the same size, interleaved
-   batch by batch in the same run, for efficientnet-lite0 (real weights) and ViT-B/16 with
-   random weights (standing in for BiomedCLIP's image tower cost); once with one view per
-   image, once with the detector's four test-time augmentation views on both sides;
+   against the bare backbone forward on a ready tensor batch of the same size, in alternating
+   rounds in the same run, for efficientnet-lite0 (real weights) and ViT-B/16 with random
+   weights (standing in for BiomedCLIP's image tower cost); once with one view per image,
+   once with the detector's four test-time augmentation views on both sides;
 2. bare forward images/s in fp32, bf16 (CPU autocast) and int8 dynamic quantisation (Linear
    layers), and the change in nearest-prototype AUROC on BUSI (k = 8 and 16, 5 draws,
    efficientnet-lite0; the ViT has random weights, so only its timings mean anything).
@@ -58,47 +58,46 @@ class RandomViT(Backbone):
 
 
 def full_path(backbone: Backbone, files: list[Path], frames_per_cine: int, views: int = 1
-              ) -> tuple[int, float, float, float]:
-    """Images, seconds of the whole path (DICOM file to embedding and patch features, as the
-    detector runs it), seconds of bare forwards of a ready batch of the same size, and the
-    median over batches of their per-batch ratio. Each full-path batch is bracketed by bare
-    forwards (before and after, averaged) so that both see the same load on a shared
-    machine. ``views`` > 1 is the detector's test-time augmentation: that many augmentation
-    views per image on both sides."""
-    ready = backbone.normalise(torch.rand(BATCH, 3, backbone.image_size, backbone.image_size))
-    full_s = bare_s = 0.0
+              ) -> tuple[int, float]:
+    """Images and seconds of the whole path over ``files``: DICOM file to embedding and patch
+    features, as the detector runs it, in batches of BATCH. ``views`` > 1 is the detector's
+    test-time augmentation: that many augmentation views per image."""
     count = 0
-    ratios: list[float] = []
     pending: list[torch.Tensor] = []
+    start = time.perf_counter()
 
-    def bare_pass(n: int) -> float:
-        t0 = time.perf_counter()
-        for _ in range(views):
-            backbone.forward(ready[:n])
-        return time.perf_counter() - t0
-
-    def flush(started: float, before: float) -> None:
-        nonlocal full_s, bare_s, count, pending
-        for view in augment_views(torch.stack(pending))[:views]:
+    def flush() -> None:
+        nonlocal count, pending
+        batch = torch.stack(pending)
+        for view in augment_views(batch)[:views] if views > 1 else [batch]:
             backbone.embed_tensors_with_patches(view)
-        full = time.perf_counter() - started
-        bare_batch = (before + bare_pass(len(pending))) / 2
-        full_s, bare_s, count = full_s + full, bare_s + bare_batch, count + len(pending)
-        ratios.append(bare_batch / full)
+        count += len(pending)
         pending = []
 
-    before = bare_pass(BATCH)
-    start = time.perf_counter()
     for path in files:
         for frame in read_input(path, frames_per_cine).frames:
             pending.append(prepare_image(frame, backbone.image_size))
             if len(pending) == BATCH:
-                flush(start, before)
-                before = bare_pass(BATCH)
-                start = time.perf_counter()
+                flush()
     if pending:
-        flush(start, bare_pass(len(pending)))
-    return count, full_s, bare_s, float(np.median(ratios))
+        flush()
+    return count, time.perf_counter() - start
+
+
+def paired_runs(backbone: Backbone, files: list[Path], frames_per_cine: int, views: int,
+                rounds: int) -> tuple[int, float, float, list[float]]:
+    """``rounds`` alternations of one full-path pass and bare forwards of as many images
+    (times ``views``) on a ready batch, so that slow load drift on a shared machine hits both;
+    returns images per pass, total full and bare seconds, and each round's ratio."""
+    full_s = bare_s = 0.0
+    ratios = []
+    count = 0
+    for _ in range(rounds):
+        count, full = full_path(backbone, files, frames_per_cine, views)
+        plain = bare(backbone, count * views)
+        full_s, bare_s = full_s + full, bare_s + plain
+        ratios.append(plain / full)
+    return count, full_s, bare_s, ratios
 
 
 def bare(backbone: Backbone, images: int, precision: str = "fp32") -> float:
@@ -106,8 +105,8 @@ def bare(backbone: Backbone, images: int, precision: str = "fp32") -> float:
     batch = backbone.normalise(torch.rand(BATCH, 3, backbone.image_size, backbone.image_size))
     start = time.perf_counter()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        for _ in range(int(np.ceil(images / BATCH))):
-            backbone.forward(batch)
+        for first in range(0, images, BATCH):
+            backbone.forward(batch[:min(BATCH, images - first)])
     return time.perf_counter() - start
 
 
@@ -152,6 +151,8 @@ def main() -> None:
     parser.add_argument("--dicom", type=Path, required=True)
     parser.add_argument("--frames-per-cine", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=2, help="passes over the DICOM files")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternations of full path and bare forwards")
     args = parser.parse_args()
     files = []
     for path in sorted(args.dicom.iterdir()):
@@ -166,17 +167,19 @@ def main() -> None:
              f"{len(files)} DICOM files ({args.repeat} passes over the decodable shared files), "
              f"{args.frames_per_cine} frames per cine.", "",
              "| backbone | views per image | full path DICOM->embedding (img/s) | "
-             "bare forward (img/s) | ratio | median per-batch ratio |",
+             "bare forward (img/s) | ratio | ratio per round |",
              "|---|---|---|---|---|---|"]
     backbones = {"efficientnet-lite0": create_backbone(DetectorConfig(backbone="efficientnet-lite0")),
                  "vit-b-16-random": RandomViT()}
     for name, backbone in backbones.items():
         bare(backbone, BATCH)  # warm-up
         for views in (1, N_VIEWS):
-            count, seconds, bare_s, median = full_path(backbone, files, args.frames_per_cine,
-                                                       views)
-            lines.append(f"| {name} | {views} | {count / seconds:.1f} | {count / bare_s:.1f} | "
-                         f"{bare_s / seconds:.2f}x | {median:.2f}x |")
+            count, seconds, bare_s, ratios = paired_runs(backbone, files, args.frames_per_cine,
+                                                         views, args.rounds)
+            total = count * args.rounds
+            lines.append(f"| {name} | {views} | {total / seconds:.1f} | "
+                         f"{total / bare_s:.1f} | {bare_s / seconds:.2f}x | "
+                         + ", ".join(f"{r:.2f}x" for r in ratios) + " |")
     lines += ["", "| backbone | precision | bare forward (img/s) | prototype AUROC k=8 | k=16 |",
               "|---|---|---|---|---|"]
     for name in backbones:
