@@ -12,7 +12,8 @@ normal examples never showed; an image's anomaly is the mean distance of its
 Roth et al., CVPR 2022, without its neighbourhood pooling, which measured worse here).
 
 Memory is bounded: beyond :data:`BANK_MAX` patches a greedy k-centre coreset (on a random
-projection) keeps the patches that cover the rest best.
+projection) keeps the patches that cover the rest best (about 70 s with a progress bar for
+80,000 patches, e.g. 50 normal cine instances at 4 frames, on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from functools import cached_property
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 TOP_PATCHES = 3  # most distant patches averaged per view (tuned on draws 100-109)
 BANK_MAX = 16384  # patches kept in a bundle's memory (about 10 MiB at 320 channels, float16)
@@ -98,13 +100,19 @@ class PatchBank:
 
 
 def greedy_coreset(x: torch.Tensor, size: int, seed: int = 0, dim: int = 128) -> np.ndarray:
-    """Indices of ``size`` rows of ``x`` chosen by greedy k-centre on a random projection."""
+    """Indices of ``size`` rows of ``x`` chosen by greedy k-centre on a random projection.
+
+    Squared distances come from one matrix-vector product per pick
+    (``|p|^2 - 2 p.c + |c|^2``), so no ``(N, dim)`` temporary is allocated in the loop.
+    """
     gen = torch.Generator().manual_seed(seed)
     proj = x @ (torch.randn(x.shape[1], min(dim, x.shape[1]), generator=gen) / dim ** 0.5)
+    norms = proj.pow(2).sum(1)
     chosen = [int(torch.randint(len(x), (1,), generator=gen))]
-    distance = (proj - proj[chosen[0]]).pow(2).sum(1)
-    for _ in range(size - 1):
+    distance = norms - 2 * (proj @ proj[chosen[0]]) + norms[chosen[0]]
+    for _ in tqdm(range(size - 1), desc="patch memory coreset", unit="patch", leave=False,
+                  mininterval=1.0):
         nxt = int(distance.argmax())
         chosen.append(nxt)
-        distance = torch.minimum(distance, (proj - proj[nxt]).pow(2).sum(1))
+        torch.minimum(distance, norms - 2 * (proj @ proj[nxt]) + norms[nxt], out=distance)
     return np.array(sorted(chosen))
