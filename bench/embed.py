@@ -30,7 +30,8 @@ from sklearn.metrics import roc_auc_score
 
 from sonoshot.config import DetectorConfig
 from sonoshot.model.backbones import Backbone, create_backbone, prepare_image
-from sonoshot.model.evaluate import draw_split, read_manifest
+from sonoshot.model.detector import Embeddings
+from sonoshot.model.evaluate import Example, draw_split, methods, read_manifest
 from sonoshot.model.head import N_VIEWS, augment_views
 from sonoshot.model.inputs import InputError, read_input
 
@@ -118,30 +119,27 @@ def quantised(backbone: Backbone) -> None:
                 getattr(backbone, attr), {torch.nn.Linear}, dtype=torch.qint8))
 
 
-def prototype_auroc(emb: np.ndarray, busi: Path) -> dict[int, float]:
-    """Mean nearest-prototype AUROC over 5 labelled draws at k = 8 and 16."""
-    examples = read_manifest(busi)
+def prototype_auroc(emb: np.ndarray, examples: list[Example]) -> dict[int, float]:
+    """Mean AUROC of the evaluation's ``baseline-prototype`` over 5 labelled draws at k = 8
+    and 16, on one embedding per image."""
     labels = np.array([e.label for e in examples])
+    method = methods("labelled", has_text=False)["baseline-prototype"]
+    embeddings = Embeddings(emb[:, None], None)
     out = {}
     for k in (8, 16):
         aucs = []
         for seed in range(5):
             sup, qry = draw_split(examples, k, seed, "labelled")
-            protos = [emb[sup][labels[sup] == c].mean(0) for c in (0, 1)]
-            protos = [p / np.linalg.norm(p) for p in protos]
-            aucs.append(roc_auc_score(labels[qry], emb[qry] @ protos[1] - emb[qry] @ protos[0]))
+            scores, _ = method(embeddings[sup], labels[sup], embeddings[qry], None, seed)
+            aucs.append(roc_auc_score(labels[qry], scores))
         out[k] = float(np.mean(aucs))
     return out
 
 
-def busi_embeddings(backbone: Backbone, busi: Path, precision: str) -> np.ndarray:
-    frames = [read_input(busi / e.file, 1).frames[0] for e in read_manifest(busi)]
-    out = []
+def busi_embeddings(backbone: Backbone, frames: list[np.ndarray], precision: str) -> np.ndarray:
+    """One embedding per BUSI frame through :meth:`Backbone.embed_images` at ``precision``."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        for i in range(0, len(frames), BATCH):
-            batch = torch.stack([prepare_image(f, backbone.image_size) for f in frames[i:i + BATCH]])
-            out.append(backbone.embed_tensors(batch))
-    emb = np.concatenate(out).astype(np.float32)
+        emb = backbone.embed_images(frames, BATCH).astype(np.float32)
     return emb / np.linalg.norm(emb, axis=1, keepdims=True)
 
 
@@ -180,6 +178,8 @@ def main() -> None:
             lines.append(f"| {name} | {views} | {total / seconds:.1f} | "
                          f"{total / bare_s:.1f} | {bare_s / seconds:.2f}x | "
                          + ", ".join(f"{r:.2f}x" for r in ratios) + " |")
+    examples = read_manifest(args.busi)
+    busi_frames = [read_input(args.busi / e.file, 1).frames[0] for e in examples]  # read once
     lines += ["", "| backbone | precision | bare forward (img/s) | prototype AUROC k=8 | k=16 |",
               "|---|---|---|---|---|"]
     for name in backbones:
@@ -191,7 +191,7 @@ def main() -> None:
             seconds = bare(backbone, 4 * BATCH, "bf16" if precision == "bf16" else "fp32")
             auroc = "n/a (random weights)"
             if name == "efficientnet-lite0":
-                a = prototype_auroc(busi_embeddings(backbone, args.busi, precision), args.busi)
+                a = prototype_auroc(busi_embeddings(backbone, busi_frames, precision), examples)
                 auroc = f"{a[8]:.4f} | {a[16]:.4f}"
             else:
                 auroc = f"{auroc} | n/a"

@@ -42,9 +42,6 @@ BIOMEDBERT_HUB_ID = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
 BACKBONES = ("biomedclip", "efficientnet-lite0")
 CLIP_WEIGHT_FILES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json")
-# Bumped whenever prepare_image or the backbones' outputs change, so that cached embeddings
-# of an older preparation are not reused.
-PREPARATION_VERSION = 3
 
 
 class BackboneError(ValueError):

@@ -449,10 +449,7 @@ def load_bundle(folder: Path, backbone: Backbone, config: DetectorConfig) -> Det
         head = ProjectionHead(meta["dim"], head_weights["down.weight"].shape[0])
         head.load_state_dict(head_weights)
         head.eval()
-    bank = None
-    if "patch_bank" in tensors:
-        patches = tensors["patch_bank"].numpy()
-        bank = PatchBank(patches, np.zeros(len(patches), np.int64))  # owners matter only in fit
+    bank = PatchBank(tensors["patch_bank"].numpy()) if "patch_bank" in tensors else None
     state = HeadState(
         meta["mode"], meta["dim"], head,
         tensors["protos"].numpy() if "protos" in tensors else None, meta["temperature"],

@@ -24,7 +24,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score, roc_curve
 from tqdm import tqdm
 
-from sonoshot.model.backbones import PREPARATION_VERSION, Backbone
+from sonoshot.dicom_io import pixels
+from sonoshot.model import backbones, head, inputs
+from sonoshot.model.backbones import Backbone
 from sonoshot.model.detector import Embeddings, embed_views, fit_state, text_anchors
 from sonoshot.model.head import HeadConfig
 from sonoshot.model.inputs import InputError, read_input
@@ -66,11 +68,21 @@ def read_manifest(folder: Path) -> list[Example]:
     return examples
 
 
+def _embedding_code_sha256() -> str:
+    """SHA-256 of the modules that turn a file into embeddings (decode, crop, preparation,
+    augmentation views, backbones): any change to them invalidates cached embeddings."""
+    digest = hashlib.sha256()
+    for module in (pixels, inputs, backbones, head):
+        digest.update(Path(module.__file__).read_bytes())  # type: ignore[arg-type]
+    return digest.hexdigest()
+
+
 def embed_examples(backbone: Backbone, folder: Path, examples: Sequence[Example],
                    cache_dir: Path | None, mask: bool = True) -> Embeddings:
-    """View embeddings and patch features of the examples, cached by backbone and file list."""
-    key = hashlib.sha256(json.dumps([backbone.name, backbone.sha256, PREPARATION_VERSION, mask,
-                                     str(folder.resolve()), [e.file for e in examples]]
+    """View embeddings and patch features of the examples, cached by backbone, the embedding
+    code and the file list."""
+    key = hashlib.sha256(json.dumps([backbone.name, backbone.sha256, _embedding_code_sha256(),
+                                     mask, str(folder.resolve()), [e.file for e in examples]]
                                     ).encode()).hexdigest()[:16]
     cache = None if cache_dir is None else cache_dir / f"{backbone.name}-{key}.npz"
     if cache is not None and cache.is_file():

@@ -33,10 +33,11 @@ _CHUNK = 4096  # query patches per similarity block
 
 @dataclass(frozen=True)
 class PatchBank:
-    """Normal patch features ``(M, C)`` and the support example each came from."""
+    """Normal patch features ``(M, C)`` and, while fitting, the support example each came from
+    (a loaded bundle has no owners: leave-one-out is a fitting-time operation)."""
 
     patches: np.ndarray  # (M, C), L2-normalised
-    owner: np.ndarray  # (M,) index of the normal example in the support set
+    owner: np.ndarray | None = None  # (M,) index of the normal example in the support set
 
     @classmethod
     def build(cls, patches: np.ndarray, limit: int = BANK_MAX, seed: int = 0) -> PatchBank:
@@ -58,6 +59,8 @@ class PatchBank:
         the patches of support example ``exclude``."""
         bank = self._bank
         if exclude is not None:
+            if self.owner is None:
+                raise ValueError("this bank has no owners: it cannot leave an example out")
             bank = bank[torch.as_tensor(self.owner != exclude)]
         out = [1.0 - (chunk @ bank.T).max(dim=1).values for chunk in queries.split(_CHUNK)]
         return torch.cat(out) if out else queries.new_zeros(0)
@@ -83,17 +86,17 @@ class PatchBank:
         patches (``owner[i]`` is its index among the normal examples, None for an abnormal
         one). A lone normal example has no other image to compare with: its own other views
         stand in, so every support image gets a score."""
+        if self.owner is None:
+            raise ValueError("this bank has no owners: it cannot leave an example out")
         if len(np.unique(self.owner)) > 1:
             return self.anomaly(patches, views, owner)
-        out = np.empty(len(patches))
-        for i, own in enumerate(owner):
-            if own is None:
-                out[i] = self.anomaly(patches[i:i + 1], views)[0]
-                continue
+        out = self.anomaly(patches, views)  # abnormal examples: against the whole bank
+        c = patches.shape[-1]
+        for i in (i for i, own in enumerate(owner) if own is not None):
             per_view = []
             for v in views:  # view v of the lone example against its other views
                 others = [w for w in range(patches.shape[1]) if w != v]
-                bank = PatchBank.build(patches[i:i + 1, others], limit=len(self.owner))
+                bank = PatchBank(patches[i, others].reshape(-1, c))
                 per_view.append(bank.anomaly(patches[i:i + 1, [v]], (0,))[0])
             out[i] = float(np.mean(per_view))
         return out
