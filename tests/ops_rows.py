@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from sonoshot.daemon.lifecycle import OutboxState, StudyState
+from sonoshot.db.lifecycle import OutboxState, StudyState
 from sonoshot.db.models import Delivery, Result, utcnow
 from sonoshot.db.store import NewInstance, Store
 

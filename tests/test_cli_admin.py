@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import update
 
 from sonoshot.cli import main
-from sonoshot.daemon.lifecycle import StudyState
+from sonoshot.db.lifecycle import StudyState
 from sonoshot.db.models import Study, utcnow
 from tests.ops_rows import BUNDLE, drive, new_store, receive, study_uid
 

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.exc import StatementError
 
-from sonoshot.daemon.lifecycle import OutboxState, StudyState
+from sonoshot.db.lifecycle import OutboxState, StudyState
 from sonoshot.db.models import Association, Delivery, Event, Instance, Study, utcnow
 from sonoshot.db.store import NewInstance, NewResult, Store
 from tests.postgres import postgres_url  # noqa: F401  (the session-scoped server fixture)

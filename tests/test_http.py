@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sonoshot.config import HttpConfig, NetworkConfig
 from sonoshot.daemon.http import database_check, detector_check, disk_check, scp_check, start_http
-from sonoshot.daemon.lifecycle import StudyState
+from sonoshot.db.lifecycle import StudyState
 from sonoshot.daemon.metrics import Metrics
 from sonoshot.db.store import Store
 from sonoshot.dicom_io.receive import Receiver, start_scp

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from sonoshot.daemon.lifecycle import StudyState
+from sonoshot.db.lifecycle import StudyState
 from sonoshot.db import queries
 from sonoshot.db.models import Study, utcnow
 from tests.ops_rows import BUNDLE, drive, new_store, receive, study_uid

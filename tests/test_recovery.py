@@ -6,7 +6,7 @@ import pydicom
 from pydicom.uid import generate_uid
 
 from sonoshot.daemon import jobs
-from sonoshot.daemon.lifecycle import StudyState
+from sonoshot.db.lifecycle import StudyState
 from sonoshot.db.store import NewInstance, Store
 from sonoshot.dicom_io.spool import Spool
 

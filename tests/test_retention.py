@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from sonoshot.config import RetentionConfig
-from sonoshot.daemon.lifecycle import StudyState
+from sonoshot.db.lifecycle import StudyState
 from sonoshot.daemon.retention import PurgeCounts, purge_expired
 from sonoshot.db.models import Event, Instance, utcnow
 from sonoshot.db.store import NewInstance

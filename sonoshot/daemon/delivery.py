@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pydicom import dcmread
 
 from sonoshot.config import DeliveryConfig, Destination
-from sonoshot.daemon.lifecycle import OutboxState
+from sonoshot.db.lifecycle import OutboxState
 from sonoshot.db.store import DeliveryRef, Store
 from sonoshot.dicom_io.send import send_datasets
 from sonoshot.dicom_io.spool import Spool

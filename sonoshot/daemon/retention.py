@@ -2,7 +2,7 @@
 ============
 
 The retention job: once a study has settled (delivered, dead-letter, ignored, quarantined or
-failed; :data:`sonoshot.daemon.lifecycle.SETTLED`) for ``retention.spool_days``, its received
+failed; :data:`sonoshot.db.lifecycle.SETTLED`) for ``retention.spool_days``, its received
 files and SR documents leave the spool; after ``retention.work_days`` its de-identified copies
 (``<work_dir>/<StudyInstanceUID>/``) leave the work folder. A study that is not settled is never
 touched: each deletion runs while the study row is locked and re-checked, so a late instance

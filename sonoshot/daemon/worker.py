@@ -24,7 +24,7 @@ from pathlib import Path
 from pydicom import Dataset, dcmread
 
 from sonoshot.config import Config
-from sonoshot.daemon.lifecycle import StudyState
+from sonoshot.db.lifecycle import StudyState
 from sonoshot.daemon.routing import route
 from sonoshot.db.store import InstanceRef, NewResult, Store, StudyRef
 from sonoshot.dicom_io.deid import DeidPolicy, deidentify_file

@@ -59,7 +59,7 @@ class Association(Base):
 
 
 class Study(Base):
-    """A study as it moves through the pipeline (see :mod:`sonoshot.daemon.lifecycle`)."""
+    """A study as it moves through the pipeline (see :mod:`sonoshot.db.lifecycle`)."""
 
     __tablename__ = "studies"
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -20,7 +20,7 @@ from typing import TypeVar
 from sqlalchemy import ColumnElement, Subquery, func, inspect, or_, select, text
 from sqlalchemy.orm import Session
 
-from sonoshot.daemon.lifecycle import SETTLED, OutboxState, StudyState
+from sonoshot.db.lifecycle import SETTLED, OutboxState, StudyState
 from sonoshot.db.models import Association, Delivery, Event, Instance, Result, Study
 from sonoshot.db.store import Store
 

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from sonoshot.daemon.lifecycle import OutboxState, StudyState, check_move
+from sonoshot.db.lifecycle import OutboxState, StudyState, check_move
 from sonoshot.db.models import Association, Delivery, Event, Instance, Result, Study, utcnow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
