@@ -3,9 +3,11 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-PEERS := dcmtk orthanc tesseract-ocr dicom3tools postgresql
-# initdb is not on PATH on Debian: its absolute path (a glob the shell expands) is checked instead.
-PEER_BINARIES := storescu storescp echoscu dcmsend Orthanc tesseract dciodvfy /usr/lib/postgresql/*/bin/initdb
+PEERS := dcmtk orthanc orthanc-webviewer tesseract-ocr dicom3tools postgresql chromium chromium-driver \
+	swift swift-proxy swift-object swift-container swift-account
+# initdb and the Orthanc plugins are not on PATH: their absolute paths (globs the shell expands) are checked.
+PEER_BINARIES := storescu storescp echoscu dcmsend Orthanc tesseract dciodvfy /usr/lib/postgresql/*/bin/initdb \
+	/usr/share/orthanc/plugins/libOrthancWebViewer.so chromium chromedriver swift-proxy-server swift-object-server
 
 .PHONY: serve test peers ocr install bench clean
 
@@ -22,7 +24,7 @@ install: $(INSTALLED)
 
 # Debian packages installed when root and missing: $(1) the binaries to look for, $(2) the packages.
 define apt_install
-	@missing=0; for b in $(1); do command -v $$b >/dev/null || missing=1; done; \
+	@missing=0; for b in $(1); do command -v $$b >/dev/null || test -e $$b || missing=1; done; \
 	if [ $$missing = 1 ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(2); \
