@@ -13,12 +13,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.exc import StatementError
 
 from sonoshot.db.lifecycle import OutboxState, StudyState
 from sonoshot.db.models import Association, Delivery, Event, Instance, Study, utcnow
-from sonoshot.db.store import NewInstance, NewResult, Store
+from sonoshot.db.store import MIGRATIONS, DeidRecord, NewInstance, NewResult, Store, StudyRef
 from tests.postgres import postgres_url  # noqa: F401  (the session-scoped server fixture)
 
 PREFIX = "1.2.826.0.1.3680043.10.4321"
@@ -48,6 +50,12 @@ def store(request, tmp_path: Path):
         admin.dispose()
 
 
+def _head() -> str:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
 _counter = iter(range(1, 10**9))
 
 
@@ -75,6 +83,18 @@ def _complete(store: Store, study: str, sops: int = 1) -> None:
     assert study in {s.study_instance_uid for s in store.complete_quiet_studies(0, 3600)}
 
 
+def _detecting(store: Store, study: str) -> StudyRef:
+    """Claim a complete study through de-identification into the detect stage."""
+    claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
+    assert claimed is not None and claimed.study_instance_uid == study
+    sops = [i.sop_instance_uid for i in store.instances_of(claimed)]
+    assert store.finish_deid(claimed, [DeidRecord(sop, True, None, f"{study}/g1/{sop}.dcm") for sop in sops], 0.5,
+                             "ultrasound")
+    detecting = store.claim_study(StudyState.DEIDENTIFIED, StudyState.DETECTING)
+    assert detecting is not None and detecting.study_instance_uid == study
+    return detecting
+
+
 def _events(store: Store, kind: str, study: str) -> list[str]:
     with store.read_session() as s:
         return list(s.scalars(select(Event.outcome).where(Event.kind == kind, Event.study_instance_uid == study)
@@ -85,7 +105,7 @@ def test_migrate_creates_the_schema_and_is_idempotent(store):
     assert TABLES <= set(inspect(store.engine).get_table_names())
     store.migrate()  # already at head: nothing to do
     with store.engine.connect() as c:
-        assert c.scalar(text("SELECT version_num FROM alembic_version")) == "0002"
+        assert c.scalar(text("SELECT version_num FROM alembic_version")) == _head()
         assert {i["name"] for i in inspect(c).get_indexes("studies")} >= {"ix_studies_state"}
 
 
@@ -142,8 +162,8 @@ def test_claim_and_move_are_guarded_by_state_and_generation(store):
     claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
     assert (claimed.study_instance_uid, claimed.state) == (first, StudyState.PROCESSING)  # oldest first
     assert store.record_instance(_instance(first))  # a late instance: generation 2
-    assert store.move_study(claimed, StudyState.REPORTED) is False  # stale work
-    assert store.add_result(claimed, _result(first, 1), ["pacs"]) is None
+    assert store.move_study(claimed, StudyState.DEIDENTIFIED) is False  # stale work
+    assert store.finish_deid(claimed, [], 0.1, "ultrasound") is False
     assert store.latest_result(store.study(first)) is None
     assert store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING).study_instance_uid == second
     assert store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING) is None
@@ -159,7 +179,7 @@ def test_claim_and_move_are_guarded_by_state_and_generation(store):
 def test_outbox_delivered_retry_dead_letter_and_requeue(store):
     study = _uid()
     _complete(store, study)
-    claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
+    claimed = _detecting(store, study)
     result = store.add_result(claimed, _result(study, 1), ["a", "b", "c"])
     assert (result.study_instance_uid, result.generation) == (study, 1)
     assert store.study(study).state is StudyState.REPORTED
@@ -197,7 +217,7 @@ def test_outbox_delivered_retry_dead_letter_and_requeue(store):
 def test_a_result_without_destinations_is_recorded(store):
     study = _uid()
     _complete(store, study)
-    claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
+    claimed = _detecting(store, study)
     assert store.add_result(claimed, _result(study, 1), []) is not None
     assert store.latest_result(store.study(study)).sr_sop_instance_uid == f"{study}.99.1"
     assert _events(store, "delivery", study) == ["no-destination"]

@@ -1,9 +1,18 @@
 """service.py
 ==========
 
-Wiring, start, reload, drain and stop. The database is the only state the stages share; the
-service owns the threads: pynetdicom's server, the APScheduler jobs (completion sweep, one
-outbox job per destination, retention), the study workers and the health/metrics server.
+Wiring, start, reload, drain and stop of one sonoshot process in one *role*:
+
+| role | runs | needs to reach |
+|---|---|---|
+| ``all`` | everything below in one process (the embedded default: SQLite, spool, in-process pool) | |
+| ``receiver`` | the storage SCP; uploads from its local spool to the object store | PostgreSQL, object store |
+| ``worker`` | the ``deid``, ``detect`` and ``archive`` queues (``--queues``), periodic jobs | PostgreSQL, object store |
+| ``deliverer`` | one ``deliver-<destination>`` queue per destination, periodic jobs | PostgreSQL, object store, PACS |
+
+The database is the only state the stages share; the service owns the threads: pynetdicom's
+server, the uploader, the carrier (:mod:`sonoshot.daemon.stages` in process,
+:mod:`sonoshot.daemon.cluster` across processes) and the health/metrics server.
 """
 
 from __future__ import annotations
@@ -11,25 +20,84 @@ from __future__ import annotations
 import functools
 import logging
 import signal
+import socket
 import threading
+from dataclasses import dataclass
 
 import pydicom
-from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
-from sonoshot.config import Config, load_config
-from sonoshot.daemon import http, jobs, retention
-from sonoshot.daemon.delivery import deliver_due
+from sonoshot.config import Config, ConfigError, load_config
+from sonoshot.daemon import ROLES, http, jobs, retention
+from sonoshot.daemon.delivery import DeliverStage
 from sonoshot.daemon.metrics import Metrics
-from sonoshot.daemon.worker import DetectorSlot, StudyWorker
+from sonoshot.daemon.stages import Carrier, InProcessCarrier, Periodic, Stage
+from sonoshot.daemon.uploader import Uploader
+from sonoshot.daemon.worker import DeidStage, DetectorSlot, DetectStage
 from sonoshot.db.store import Store
+from sonoshot.db.work import ARCHIVE_QUEUE, WakeDeferrer, delivery_queue
 from sonoshot.dicom_io.deid import DeidKeyError, load_key, ocr, patient_pseudonym
 from sonoshot.dicom_io.receive import Receiver, start_scp
 from sonoshot.dicom_io.spool import Spool
 from sonoshot.logs import configure_logging
 from sonoshot.model import load_detector
+from sonoshot.objects import open_object_store
 
 log = logging.getLogger(__name__)
+
+#: The queues a worker takes by default.
+WORKER_QUEUES = ("deid", "detect", ARCHIVE_QUEUE)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one process runs: the SCP or not, and which stage queues."""
+
+    receiver: bool
+    queues: tuple[str, ...]
+
+    @property
+    def deid(self) -> bool:
+        return "deid" in self.queues or ARCHIVE_QUEUE in self.queues
+
+    @property
+    def detect(self) -> bool:
+        return "detect" in self.queues
+
+    def destinations(self, config: Config) -> list[str]:
+        return [d.name for d in config.delivery.destinations if delivery_queue(d.name) in self.queues]
+
+
+def plan(config: Config, role: str, queues: tuple[str, ...] = ()) -> Plan:
+    """The :class:`Plan` for ``role`` (and ``--queues``) under ``config``.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``--role`` or ``--queues`` when the role needs cluster mode or a queue is unknown.
+    """
+    if role not in ROLES:
+        raise ConfigError("--role", f"expected one of {', '.join(ROLES)}, got {role!r}")
+    every_queue = (*WORKER_QUEUES, *(delivery_queue(d.name) for d in config.delivery.destinations))
+    if role != "all" and not config.cluster.enabled:
+        raise ConfigError("--role", f"role '{role}' needs cluster mode ([cluster] enabled = true)")
+    if queues and role not in ("worker", "deliverer"):
+        raise ConfigError("--queues", "only a worker or a deliverer takes --queues")
+    for queue in queues:
+        if queue not in every_queue:
+            raise ConfigError("--queues", f"unknown queue {queue!r}; expected some of {', '.join(every_queue)}")
+    if role == "receiver":
+        return Plan(True, ())
+    if role == "worker":
+        return Plan(False, queues or WORKER_QUEUES)
+    if role == "deliverer":
+        return Plan(False, queues or every_queue[len(WORKER_QUEUES):])
+    return Plan(True, every_queue)
+
+
+def node_name(config: Config) -> str:
+    """This process's name in the database (associations, pending uploads)."""
+    return config.cluster.node_name or f"{socket.gethostname()}:{config.network.port}"
 
 
 class Service:
@@ -37,63 +105,146 @@ class Service:
 
     Raises
     ------
+    sonoshot.config.ConfigError
+        At construction, for a role or queue the configuration does not allow.
     sonoshot.dicom_io.deid.DeidKeyError
         At construction, if the pseudonym key is missing or shorter than 32 bytes.
     """
 
-    def __init__(self, config: Config, config_path: str | None = None) -> None:
+    def __init__(self, config: Config, config_path: str | None = None, role: str = "all",
+                 queues: tuple[str, ...] = ()) -> None:
         self.config = config
         self.config_path = config_path
-        self.key = load_key(config.deid.key_file)  # refuse to start without a usable key
-        if config.deid.ocr:
+        self.plan = plan(config, role, queues)
+        self.cluster = config.cluster.enabled
+        self.node = node_name(config)
+        needs_key = self.plan.receiver or self.plan.deid
+        self.key = load_key(config.deid.key_file) if needs_key else b""  # refuse to start without a usable key
+        if config.deid.ocr and self.plan.deid:
             ocr.self_test(config.deid.ocr_min_score)  # the verifier's positive control
-        self.store = Store(config.database.url)
+        if self.cluster:
+            from sonoshot.db.cluster import ProcrastinateDeferrer
+
+            self.deferrer = ProcrastinateDeferrer()
+        else:
+            self.deferrer = WakeDeferrer()
+        self.store = Store(config.database.url, self.deferrer)
+        self.objects = open_object_store(config)
         self.spool = Spool(config.storage.spool_dir, config.storage.fsync)
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry, self.store, config.storage.spool_dir,
                                [d.name for d in config.delivery.destinations])
-        self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self.detectors = DetectorSlot()
+        self.stages = self._stages()
+        self.carrier: Carrier | None = None
+        self.uploader = Uploader(self.store, self.spool, self.objects, self.node, config.objects.upload_retry_max_s) \
+            if self.cluster and self.plan.receiver else None
         self.server = None
         self.http: http.OpsServer | None = None
-        self.stop_workers = threading.Event()
-        self.workers: list[StudyWorker] = []
         self.threads: list[threading.Thread] = []
+        self.stopping = threading.Event()
+
+    def _stages(self) -> dict[str, Stage]:
+        config = self.config
+        stages: dict[str, Stage] = {}
+        if self.plan.deid:
+            stages["deid"] = DeidStage(config, self.store, self.objects, self.key)
+        if self.plan.detect:
+            stages["detect"] = DetectStage(config, self.store, self.objects, self.detectors, self.metrics.observe_stage)
+        destinations = self.plan.destinations(config)
+        if destinations:
+            stages["deliver"] = DeliverStage([d for d in config.delivery.destinations if d.name in destinations],
+                                             self.store, self.objects, config.delivery, config.network.ae_title,
+                                             self.metrics.delivery_failed)
+        return stages
+
+    def _periodic(self) -> list[Periodic]:
+        config = self.config
+        periodic = [
+            Periodic("completion", config.completion.sweep_interval_s,
+                     functools.partial(jobs.sweep_completion, self.store, config.completion)),
+            Periodic("retention", retention.INTERVAL_S,
+                     functools.partial(retention.purge_expired, self.store, self.objects, config.retention)),
+        ]
+        if self.cluster:
+            from sonoshot.db import cluster
+
+            stall = config.cluster.stall_timeout_s
+            periodic += [
+                Periodic("takeover", max(1.0, stall / 3), lambda: (cluster.take_over_stalled(self.store.engine, stall),
+                                                                   cluster.requeue_unqueued(self.store.engine, stall))),
+                Periodic("prune-jobs", retention.INTERVAL_S, functools.partial(
+                    cluster.prune_finished_jobs, self.store.engine, config.cluster.keep_finished_jobs_h)),
+            ]
+        return periodic
 
     def start(self) -> None:
         # Stored exactly as received: devices write invalid values, which must not stop us reading.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         self.store.migrate()
-        jobs.recover(self.spool, self.store)
-        self.load_detector()
+        if self.cluster:
+            from sonoshot.db.cluster import apply_schema
+
+            if apply_schema(self.store.engine):
+                log.info("procrastinate's schema created")
         config = self.config
-        self.scheduler.add_job(jobs.sweep_completion, "interval", args=[self.store, config.completion],
-                               seconds=config.completion.sweep_interval_s, id="completion")
-        for destination in config.delivery.destinations:
-            self.scheduler.add_job(
-                deliver_due, "interval", seconds=config.delivery.sweep_interval_s, id=f"deliver-{destination.name}",
-                args=[destination, self.store, self.spool, config.delivery, config.network.ae_title,
-                      self.metrics.delivery_failed])
-        self.scheduler.add_job(retention.purge_expired, "interval", seconds=retention.INTERVAL_S, id="retention",
-                               args=[self.store, config.storage.spool_dir, config.storage.work_dir, config.retention])
-        self.scheduler.start()
-        for n in range(config.workers.count):
-            worker = StudyWorker(config, self.store, self.spool, self.key, self.detectors, self.metrics.observe_stage)
-            thread = threading.Thread(target=worker.run, args=[self.stop_workers], name=f"worker-{n}", daemon=True)
+        if self.plan.receiver:
+            if self.uploader is not None:
+                jobs.recover_receiver(self.spool, self.store, self.node)
+                self.uploader.drop_uploaded_leftovers()
+            else:
+                jobs.recover(self.spool, self.store)
+        if self.plan.detect:
+            self.load_detector()
+        self._start_carrier()
+        if self.uploader is not None:
+            thread = threading.Thread(target=self.uploader.run, args=[self.stopping], name="uploader", daemon=True)
             thread.start()
-            self.workers.append(worker)
             self.threads.append(thread)
-        receiver = Receiver(self.spool, self.store, config.storage.min_free_mb,
-                            functools.partial(patient_pseudonym, self.key), self.metrics.instance_received)
-        self.server = start_scp(config.network, receiver)
+        if self.plan.receiver:
+            receiver = Receiver(self.spool, self.store, config.storage.min_free_mb,
+                                functools.partial(patient_pseudonym, self.key), self.metrics.instance_received,
+                                node=self.node if self.cluster else None,
+                                on_indexed=self.uploader.indexed if self.uploader else None)
+            self.server = start_scp(config.network, receiver)
         if config.http.enabled:
-            self.http = http.start_http(config.http, {
-                "database": http.database_check(self.store),
-                "disk": http.disk_check(config.storage.spool_dir, config.storage.min_free_mb),
-                "scp": http.scp_check(lambda: self.server),
-                "detector": http.detector_check(self.describe_detector),
-            }, self.registry)
-        self.store.record_event("service", "started")
+            self.http = http.start_http(config.http, self._checks(), self.registry)
+        self.store.record_event("service", "started", detail={"role": self.role_text, "node": self.node})
+
+    def _start_carrier(self) -> None:
+        if not self.plan.queues:  # a cluster receiver: the workers run the periodic jobs
+            return
+        config = self.config
+        if self.cluster:
+            from sonoshot.daemon.cluster import ProcrastinateCarrier
+
+            stage_queues = [q for q in self.plan.queues if not q.startswith("deliver-")]
+            groups = [stage_queues, *([q] for q in self.plan.queues if q.startswith("deliver-"))]
+            self.carrier = ProcrastinateCarrier(config.database.url, config.cluster, self.store, self.stages,
+                                                self._periodic(), groups, config.workers.count, self.node)
+        else:
+            assert isinstance(self.deferrer, WakeDeferrer)
+            self.carrier = InProcessCarrier(self.store, self.deferrer, self.stages, self._periodic(),
+                                            config.workers.count, self.plan.destinations(config),
+                                            config.delivery.sweep_interval_s)
+        self.carrier.start()
+
+    def _checks(self) -> dict[str, http.Check]:
+        config = self.config
+        checks = {"database": http.database_check(self.store)}
+        if self.plan.receiver:
+            checks["disk"] = http.disk_check(config.storage.spool_dir, config.storage.min_free_mb)
+            checks["scp"] = http.scp_check(lambda: self.server)
+        if self.plan.detect:
+            checks["detector"] = http.detector_check(self.describe_detector)
+        if self.cluster:
+            checks["objects"] = http.objects_check(self.objects)
+        return checks
+
+    @property
+    def role_text(self) -> str:
+        """What this process runs, for logs and the audit: ``receiver deid,detect,...``."""
+        return " ".join(filter(None, ("receiver" if self.plan.receiver else "", ",".join(self.plan.queues))))
 
     def describe_detector(self) -> str | None:
         detector = self.detectors.get()
@@ -116,37 +267,42 @@ class Service:
         try:
             fresh = load_config(self.config_path) if self.config_path else self.config
             self.config = fresh
-            for worker in self.workers:
-                worker.config = fresh
-            self.load_detector()
+            for stage in self.stages.values():
+                if hasattr(stage, "config"):
+                    stage.config = fresh
+            if self.plan.detect:
+                self.load_detector()
             self.store.record_event("service", "reloaded")
         except Exception as exc:  # a bad reload keeps the running configuration
             log.error("reload failed, keeping the running configuration: %s", exc)
 
     def stop(self) -> None:
         """Drain: stop accepting associations, let those in flight finish, finish the studies in
-        hand (a study cut short stays ``processing`` and is requeued at the next start), stop
-        the jobs, then close the database. /healthz answers until the very end."""
+        hand (a study cut short is taken up again: at the next start, or by another worker),
+        stop the uploader and the jobs, then close the database. /healthz answers until the end."""
         if self.server is not None:
             self.server.shutdown()
             self.server = None
-        self.stop_workers.set()
+        self.stopping.set()
+        if self.uploader is not None:
+            self.uploader.wakeup.set()
         for thread in self.threads:
             thread.join(timeout=120)
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=True)
-        self.store.record_event("service", "stopped")
+        if self.carrier is not None:
+            self.carrier.stop()
+        self.store.record_event("service", "stopped", detail={"node": self.node})
         if self.http is not None:
             self.http.stop()
             self.http = None
         self.store.dispose()
 
 
-def run_service(config: Config, config_path: str | None = None) -> int:
+def run_service(config: Config, config_path: str | None = None, role: str = "all",
+                queues: tuple[str, ...] = ()) -> int:
     """Run until SIGTERM or SIGINT (SIGHUP reloads); returns the process exit status."""
     configure_logging(config.logging)
     try:
-        service = Service(config, config_path)
+        service = Service(config, config_path, role, queues)
     except DeidKeyError as exc:
         log.error("cannot start: %s", exc)
         return 2
@@ -164,7 +320,7 @@ def run_service(config: Config, config_path: str | None = None) -> int:
         log.error("cannot start: %s", exc)
         service.stop()
         return 1
-    log.info("sonoshot ready")
+    log.info("sonoshot ready (%s)", service.role_text)
     while not stop_requested.wait(0.5):
         if reload_requested.is_set():
             reload_requested.clear()

@@ -1,9 +1,12 @@
 """worker.py
 =========
 
-One study through route → de-identify → detect → report → outbox. Workers claim ``complete``
-studies from the database, so any number of them (on any number of machines, on PostgreSQL)
-can run; a crash leaves the study ``processing`` and restart recovery requeues it.
+The two study stages (see :mod:`sonoshot.daemon.stages`): :class:`DeidStage` routes a claimed
+study and de-identifies every instance into working copies; :class:`DetectStage` scores the
+working copies and builds the SR, which joins the outbox. They run in the same process (the
+embedded default) or on different machines (cluster mode: de-identification on CPU nodes,
+detection on GPU nodes); the object store carries the files between them and the database the
+claims. A stage that lost its claim (its lease moved on) writes nothing to the database.
 
 The detector only ever sees de-identified working copies; the SR is built from the received
 originals so it files under the right patient and study in the PACS.
@@ -11,9 +14,11 @@ originals so it files under the right patient and study in the PACS.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -26,13 +31,14 @@ from pydicom import Dataset, dcmread
 from sonoshot.config import Config
 from sonoshot.db.lifecycle import StudyState
 from sonoshot.daemon.routing import route
-from sonoshot.db.store import InstanceRef, NewResult, Store, StudyRef
+from sonoshot.db.store import DeidRecord, InstanceRef, NewResult, Store, StudyRef
 from sonoshot.dicom_io.deid import DeidPolicy, deidentify_file
 from sonoshot.dicom_io.pixels import UndecodableError
 from sonoshot.dicom_io.report import (ImageScoreRef, PredecessorRef, QuarantinedRef, StudyResult, VerdictValues,
                                       build_report, report_sop_instance_uid)
-from sonoshot.dicom_io.spool import Spool
 from sonoshot.model import Detector, ImageScore
+from sonoshot.objects import Kind, ObjectStore, report_key, work_key
+from sonoshot.objects.folder import FolderStore
 
 log = logging.getLogger(__name__)
 
@@ -62,75 +68,126 @@ class DetectorSlot:
             self._detector = detector
 
 
-class StudyWorker:
-    """Processes claimed studies; ``run`` loops until ``stop`` is set."""
+class DeidStage:
+    """Routes a claimed study (``processing``) and de-identifies every instance into the work store."""
 
-    def __init__(self, config: Config, store: Store, spool: Spool, key: bytes, detectors: DetectorSlot,
-                 observe_stage: StageTimer | None = None) -> None:
+    name = "deid"
+
+    def __init__(self, config: Config, store: Store, objects: ObjectStore, key: bytes) -> None:
         self.config = config
         self.store = store
-        self.spool = spool
+        self.objects = objects
         self.key = key
         self.policy = DeidPolicy.from_config(config.deid)
-        self.detectors = detectors
-        self.observe_stage = observe_stage or (lambda _stage, _seconds: None)
         self.work_root = Path(config.storage.work_dir)
         self.quarantine_root = Path(config.storage.quarantine_dir)
+        # The embedded work folder is the work store itself: de-identify straight into it.
+        self.in_place = isinstance(objects, FolderStore) and \
+            objects.roots[Kind.WORK].resolve() == self.work_root.resolve()
 
-    def run(self, stop: threading.Event, idle_s: float = 0.25) -> None:
-        """Claim and process studies until ``stop`` is set (the study in hand is finished first)."""
-        while not stop.is_set():
-            try:
-                busy = self.process_next()
-            except Exception:  # a bug must not kill the worker thread; the study is marked failed
-                log.exception("worker error")
-                busy = False
-            if not busy:
-                stop.wait(idle_s)
-
-    def process_next(self) -> bool:
-        """Process one ``complete`` study if there is one; returns whether one was claimed."""
-        study = self.store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
-        if study is None:
-            return False
+    def run(self, study: StudyRef) -> None:
         try:
-            self.process(study)
+            self._run(study)
         except Exception as exc:
-            log.exception("study %s failed", study.study_instance_uid)
-            self.store.move_study(study, StudyState.FAILED, detail=f"{type(exc).__name__} during processing")
-        return True
+            log.exception("study %s failed in de-identification", study.study_instance_uid)
+            self.store.move_study(study, StudyState.FAILED, detail=f"{type(exc).__name__} during de-identification")
 
-    def process(self, study: StudyRef) -> None:
-        """Route, de-identify, detect, report and queue one claimed study."""
+    def _run(self, study: StudyRef) -> None:
         instances = [i for i in self.store.instances_of(study) if not i.file_missing]
         if not instances:
             self.store.move_study(study, StudyState.FAILED, detail="no instance file is left in the spool")
             return
-        headers = {i.sop_instance_uid: dcmread(self.spool.path(i.path), stop_before_pixels=True) for i in instances}
-        rule = route(next(iter(headers.values())), study.calling_ae_title, study.called_ae_title,
-                     self.config.routing.rules)
-        if rule.action == "ignore":
-            self.store.move_study(study, StudyState.IGNORED, detail=f"routing rule '{rule.name}'", route_rule=rule.name)
-            return
+        with contextlib.ExitStack() as stack:
+            originals = {i.sop_instance_uid: stack.enter_context(self.objects.local_file(Kind.ORIGINALS, i.path))
+                         for i in instances}
+            first = dcmread(originals[instances[0].sop_instance_uid], stop_before_pixels=True)
+            rule = route(first, study.calling_ae_title, study.called_ae_title, self.config.routing.rules)
+            if rule.action == "ignore":
+                self.store.move_study(study, StudyState.IGNORED, detail=f"routing rule '{rule.name}'",
+                                      route_rule=rule.name)
+                return
+            started = time.perf_counter()
+            outcomes = self._deidentify(study, instances, originals)
+        if not self.store.finish_deid(study, outcomes, time.perf_counter() - started, rule.name):
+            log.info("study %s: de-identification dropped, the claim moved on (reopened or taken over)",
+                     study.study_instance_uid)
+
+    def _deidentify(self, study: StudyRef, instances: list[InstanceRef], originals: dict[str, Path]
+                    ) -> list[DeidRecord]:
+        final = self.work_root / study.study_instance_uid / f"g{study.generation}"
+        if self.in_place:
+            shutil.rmtree(final, ignore_errors=True)  # a requeued study starts its working copies afresh
+            out_dir = final
+        else:  # a folder of this claim only: a stalled holder of an older claim cannot touch it
+            self.work_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            out_dir = Path(tempfile.mkdtemp(prefix=f".deid-{study.study_instance_uid}-", dir=self.work_root))
+        outcomes = []
+        try:
+            for instance in instances:
+                outcome = deidentify_file(originals[instance.sop_instance_uid], out_dir, self.policy, self.key)
+                if outcome.ok and outcome.output is not None:
+                    key = work_key(study.study_instance_uid, study.generation, outcome.output.name)
+                    self.objects.put_file(Kind.WORK, key, outcome.output)
+                    outcomes.append(DeidRecord(instance.sop_instance_uid, True, outcome.reason, key))
+                else:
+                    log.warning("instance %s quarantined: %s", instance.sop_instance_uid, outcome.reason)
+                    self._quarantine_report(study, instance, outcome.report)
+                    outcomes.append(DeidRecord(instance.sop_instance_uid, False, outcome.reason or "quarantined", None))
+        finally:
+            if not self.in_place:
+                shutil.rmtree(out_dir, ignore_errors=True)
+        return outcomes
+
+    def _quarantine_report(self, study: StudyRef, instance: InstanceRef, report: dict) -> None:
+        """Leave the de-identifier's PHI-free report where an admin looks for quarantined instances;
+        the instance itself stays in the spool (the originals store), untouched."""
+        folder = self.quarantine_root / study.study_instance_uid
+        folder.mkdir(parents=True, exist_ok=True)
+        report = {**report, "sop_instance_uid": instance.sop_instance_uid, "spool_path": instance.path,
+                  "generation": study.generation}
+        (folder / f"{instance.sop_instance_uid}.json").write_text(json.dumps(report, indent=2, default=str))
+
+
+class DetectStage:
+    """Scores a claimed study's working copies (``detecting``), builds the SR and queues it."""
+
+    name = "detect"
+
+    def __init__(self, config: Config, store: Store, objects: ObjectStore, detectors: DetectorSlot,
+                 observe_stage: StageTimer | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.objects = objects
+        self.detectors = detectors
+        self.observe_stage = observe_stage or (lambda _stage, _seconds: None)
+
+    def run(self, study: StudyRef) -> None:
+        try:
+            self._run(study)
+        except Exception as exc:
+            log.exception("study %s failed in detection", study.study_instance_uid)
+            self.store.move_study(study, StudyState.FAILED, detail=f"{type(exc).__name__} during detection")
+
+    def _run(self, study: StudyRef) -> None:
         detector = self.detectors.get()
         if detector is None:
-            self.store.move_study(study, StudyState.AWAITING_DETECTOR, detail="no detector configured",
-                                  route_rule=rule.name)
+            self.store.move_study(study, StudyState.AWAITING_DETECTOR, detail="no detector configured")
             return
+        instances = self.store.instances_of(study)
+        clean = [i for i in instances if i.deid_status == "ok" and i.work_path]
+        quarantined = [QuarantinedRef(i.sop_instance_uid, i.deid_reason or "quarantined")
+                       for i in instances if i.deid_status == "quarantined"]
         timings: dict[str, float] = {}
-        started = time.perf_counter()
-        clean, quarantined = self._deidentify(study, instances)
-        timings["deidentify"] = time.perf_counter() - started
-        if not clean:
-            self.store.move_study(study, StudyState.QUARANTINED,
-                                  detail=f"{len(quarantined)} instance(s), none could be de-identified safely")
-            return
         started = time.perf_counter()
         scored, quarantined = self._detect(detector, clean, quarantined)
         timings["detect"] = time.perf_counter() - started
         if not scored:
             self.store.move_study(study, StudyState.QUARANTINED, detail="no instance could be scored")
             return
+        headers = {}
+        for s in scored:
+            with self.objects.local_file(Kind.ORIGINALS, s.original.path) as path:
+                headers[s.original.sop_instance_uid] = dcmread(path, stop_before_pixels=True)
         result = self._report(study, detector, scored, quarantined, headers, timings)
         for stage, seconds in timings.items():
             self.observe_stage(stage, seconds)
@@ -138,37 +195,13 @@ class StudyWorker:
             log.info("study %s scored %.3f (%s), SR %s", study.study_instance_uid, result.score, result.verdict,
                      result.sr_sop_instance_uid)
 
-    def _deidentify(self, study: StudyRef, instances: list[InstanceRef]
-                    ) -> tuple[list[tuple[InstanceRef, Path]], list[QuarantinedRef]]:
-        out_dir = self.work_root / study.study_instance_uid / f"g{study.generation}"
-        shutil.rmtree(out_dir, ignore_errors=True)  # a requeued study starts its working copies afresh
-        clean, quarantined = [], []
-        for instance in instances:
-            outcome = deidentify_file(self.spool.path(instance.path), out_dir, self.policy, self.key)
-            self.store.record_deid(study, instance.sop_instance_uid, outcome.ok, outcome.reason)
-            if outcome.ok and outcome.output is not None:
-                clean.append((instance, outcome.output))
-            else:
-                log.warning("instance %s quarantined: %s", instance.sop_instance_uid, outcome.reason)
-                self._quarantine_report(study, instance, outcome.report)
-                quarantined.append(QuarantinedRef(instance.sop_instance_uid, outcome.reason or "quarantined"))
-        return clean, quarantined
-
-    def _quarantine_report(self, study: StudyRef, instance: InstanceRef, report: dict) -> None:
-        """Leave the de-identifier's PHI-free report where an admin looks for quarantined instances;
-        the instance itself stays in the spool, untouched."""
-        folder = self.quarantine_root / study.study_instance_uid
-        folder.mkdir(parents=True, exist_ok=True)
-        report = {**report, "sop_instance_uid": instance.sop_instance_uid, "spool_path": instance.path,
-                  "generation": study.generation}
-        (folder / f"{instance.sop_instance_uid}.json").write_text(json.dumps(report, indent=2, default=str))
-
-    def _detect(self, detector: Detector, clean: list[tuple[InstanceRef, Path]], quarantined: list[QuarantinedRef]
+    def _detect(self, detector: Detector, clean: list[InstanceRef], quarantined: list[QuarantinedRef]
                 ) -> tuple[list[_Scored], list[QuarantinedRef]]:
         scored = []
-        for original, path in clean:
+        for original in clean:
             try:
-                (image,) = detector.score_dataset(dcmread(path))
+                with self.objects.local_file(Kind.WORK, original.work_path or "") as path:
+                    (image,) = detector.score_dataset(dcmread(path))
             except UndecodableError as exc:
                 quarantined.append(QuarantinedRef(original.sop_instance_uid, f"not scored: {exc}"))
                 continue
@@ -193,13 +226,12 @@ class StudyWorker:
         previous = self.store.latest_result(study)
         predecessor = None
         if previous is not None and previous.sr_sop_instance_uid != report_sop_instance_uid(result) \
-                and self.spool.path(previous.sr_path).is_file():  # the same result again supersedes nothing
-            predecessor = PredecessorRef.from_dataset(dcmread(self.spool.path(previous.sr_path),
-                                                              stop_before_pixels=True))
+                and self.objects.exists(Kind.REPORTS, previous.sr_path):  # the same result again supersedes nothing
+            with self.objects.local_file(Kind.REPORTS, previous.sr_path) as path:
+                predecessor = PredecessorRef.from_dataset(dcmread(path, stop_before_pixels=True))
         sr = build_report([headers[s.original.sop_instance_uid] for s in scored], result, predecessor)
-        relative = self.spool.report_path(study.study_instance_uid, sr.SOPInstanceUID)
-        buffer = _encode(sr)
-        self.spool.put(relative, buffer)
+        relative = report_key(study.study_instance_uid, sr.SOPInstanceUID)
+        self.objects.put(Kind.REPORTS, relative, _encode(sr))  # the same key for the same SR: idempotent
         timings["report"] = time.perf_counter() - started
         new = NewResult(score=score, verdict=verdict.value, threshold=threshold, bundle_sha256=result.bundle_sha256,
                         backbone=result.backbone, images_scored=len(scored), images_quarantined=len(quarantined),
@@ -207,7 +239,7 @@ class StudyWorker:
                         predecessor_sr_uid=predecessor.sop_instance_uid if predecessor else None, timings=timings)
         destinations = [d.name for d in self.config.delivery.destinations]
         if self.store.add_result(study, new, destinations) is None:
-            log.info("study %s was reopened while processing; its next generation supersedes this result",
+            log.info("study %s: result dropped, the claim moved on (reopened, or taken over after a stall)",
                      study.study_instance_uid)
             return None
         return new

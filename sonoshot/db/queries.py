@@ -264,12 +264,11 @@ def _lock_settled(s: Session, study_uid: str, settled_before: datetime) -> Study
 
 
 def mark_spool_purged(store: Store, study_uid: str, settled_before: datetime,
-                      delete: Callable[[list[str]], int]) -> int | None:
-    """Delete a settled study's spool files and flag its instances ``file_missing``, atomically.
+                      delete: Callable[[list[str], list[str]], int]) -> int | None:
+    """Delete a settled study's originals and SRs and flag its instances ``file_missing``, atomically.
 
-    While the study row is locked, ``delete`` gets the spool-relative paths of its instances
-    (those not yet flagged missing) and of its SR documents, and returns how many files it
-    removed. An audit event ``retention/spool-purged`` is recorded when files were indexed.
+    While the study row is locked, ``delete`` gets the keys of its instances (those not yet
+    flagged missing) and of its SR documents, and returns how many objects it removed. An audit event ``retention/spool-purged`` is recorded when files were indexed.
 
     Returns
     -------
@@ -284,7 +283,7 @@ def mark_spool_purged(store: Store, study_uid: str, settled_before: datetime,
         instances = list(s.scalars(select(Instance).where(Instance.study_id == study.id,
                                                           Instance.file_missing.is_(False))))
         reports = list(s.scalars(select(Result.sr_path).where(Result.study_id == study.id)))
-        removed = delete([i.path for i in instances] + reports)
+        removed = delete([i.path for i in instances], reports)
         for instance in instances:
             instance.file_missing = True
         if instances:

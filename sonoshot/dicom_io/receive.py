@@ -83,6 +83,8 @@ class Receiver:
     min_free_mb: int
     pseudonymize_patient: Callable[[str], str] | None = None
     count_outcome: Callable[[str], None] = lambda _outcome: None  # stored, duplicate, refused (metrics)
+    node: str | None = None  # cluster mode: this receiver, which holds each instance until it is uploaded
+    on_indexed: Callable[[str, bool], None] | None = None  # (spool path, whether the row is new), after commit
     open_associations: dict[object, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -138,15 +140,17 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
     except OSError as exc:
         return _refuse(event, receiver, 0xA701, sop_uid, study_uid, why=exc.strerror)
     patient_id = str(ds.get("PatientID", ""))
-    receiver.store.record_instance(NewInstance(
+    new = receiver.store.record_instance(NewInstance(
         sop_instance_uid=sop_uid, study_instance_uid=study_uid,
         series_instance_uid=str(ds.SeriesInstanceUID), sop_class_uid=str(event.request.AffectedSOPClassUID),
         transfer_syntax_uid=str(event.context.transfer_syntax), modality=ds.get("Modality"), path=relative,
         size_bytes=size, calling_ae_title=event.assoc.requestor.ae_title,
         called_ae_title=event.assoc.acceptor.ae_title,
         patient_pseudonym=receiver.pseudonymize_patient(patient_id)
-        if receiver.pseudonymize_patient and patient_id else None,
+        if receiver.pseudonymize_patient and patient_id else None, pending_upload=receiver.node,
     ), association_id=receiver.open_associations.get(event.assoc))
+    if receiver.on_indexed is not None:
+        receiver.on_indexed(relative, new)
     receiver.count_outcome("stored")
     return SUCCESS
 
@@ -155,7 +159,7 @@ def handle_accepted(event: evt.Event, receiver: Receiver) -> None:
     """EVT_ACCEPTED: open an association row (who, from where)."""
     assoc = event.assoc
     row = receiver.store.open_association(assoc.requestor.ae_title, assoc.acceptor.ae_title,
-                                          str(assoc.requestor.address))
+                                          str(assoc.requestor.address), receiver.node)
     with receiver.lock:
         receiver.open_associations[assoc] = row
     log.info("association %d accepted from %s (%s)", row, assoc.requestor.ae_title, assoc.requestor.address)
