@@ -19,8 +19,9 @@ from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.exc import StatementError
 
 from sonoshot.db.lifecycle import OutboxState, StudyState
-from sonoshot.db.models import Association, Delivery, Event, Instance, Study, utcnow
+from sonoshot.db.models import Association, Delivery, Event, Instance, Result, Study, utcnow
 from sonoshot.db.store import MIGRATIONS, DeidRecord, NewInstance, NewResult, Store, StudyRef
+from sonoshot.db.work import Job, Lane
 from tests.postgres import postgres_url  # noqa: F401  (the session-scoped server fixture)
 
 PREFIX = "1.2.826.0.1.3680043.10.4321"
@@ -347,3 +348,111 @@ def test_byte_counts_past_2_gib(store):
     assert store.study(study).instance_count == 2
     with store.read_session() as s:
         assert s.scalar(select(Study.total_bytes).where(Study.study_instance_uid == study)) == 2**31 + 900
+
+
+def test_a_takeover_fences_the_stalled_holder(store):
+    """The claim a stalled worker held is taken over; its late writes are refused, the new ones land."""
+    study = _uid()
+    _complete(store, study)
+    job = Job("deid", study, 1)
+    stalled = store.claim_job(job)
+    assert stalled is not None and stalled.lease == 1
+    assert store.claim_job(job) is None  # the study is running: a plain (duplicate) job takes nothing
+    retry = store.claim_job(replace(job, takeover=True))
+    assert retry is not None and retry.lease == 2 and retry.state is StudyState.PROCESSING
+    sop = store.instances_of(retry)[0].sop_instance_uid
+    assert store.finish_deid(stalled, [DeidRecord(sop, True, None, "late")], 1.0, "r") is False
+    assert store.move_study(stalled, StudyState.FAILED, detail="late") is False
+    assert store.finish_deid(retry, [DeidRecord(sop, True, None, f"{study}/g1/x.dcm")], 1.0, "r") is True
+    (instance,) = store.instances_of(store.study(study))
+    assert instance.work_path == f"{study}/g1/x.dcm"
+    detecting = store.claim_job(Job("detect", study, 1))
+    assert store.add_result(replace(detecting, lease=detecting.lease - 1), _result(study, 1), ["pacs"]) is None
+    result = store.add_result(detecting, _result(study, 1), ["pacs"])
+    with store.read_session() as s:
+        row = s.get(Result, result.id)
+        assert row.attempt == detecting.lease and row.timings == {"deidentify": 1.0, "detect": 0.25}
+    assert _events(store, "study", study).count("taken-over") == 1
+
+
+def test_an_obsolete_job_claims_nothing(store):
+    study = _uid()
+    _complete(store, study)
+    assert store.record_instance(_instance(study))  # reopened: generation 2
+    assert store.claim_job(Job("deid", study, 1)) is None
+    store.complete_quiet_studies(0, 3600)
+    assert store.claim_job(Job("deid", study, 2)).generation == 2
+    assert store.claim_job(Job("deid", _uid(), 1)) is None  # unknown study
+
+
+def test_a_delivery_claim_fences_a_stalled_sender(store):
+    study = _uid()
+    _complete(store, study)
+    store.add_result(_detecting(store, study), _result(study, 1), ["pacs"])
+    (due,) = store.due_deliveries("pacs")
+    stalled = store.claim_delivery(due.id)
+    retry = store.claim_delivery(due.id)
+    assert (stalled.lease, retry.lease) == (1, 2)
+    assert store.record_attempt(stalled, True, "0x0000", None, None) is None  # the PACS answered too late
+    assert store.record_attempt(retry, True, "0x0000", None, None) is OutboxState.DELIVERED
+    assert store.claim_delivery(due.id) is None  # delivered: nothing left to claim
+    assert store.study(study).state is StudyState.DELIVERED
+
+
+def test_live_studies_are_claimed_before_archive_ones(store):
+    archive = [_uid() for _ in range(3)]
+    for uid in archive:
+        assert store.record_instance(replace(_instance(uid), lane=Lane.ARCHIVE))
+        assert store.complete_study(uid).lane is Lane.ARCHIVE
+    live = _uid()
+    _complete(store, live)
+    order = [store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING).study_instance_uid for _ in range(4)]
+    assert order == [live, *archive]
+    assert store.complete_study(live) is None  # not receiving any more
+
+
+def test_completion_waits_for_pending_uploads(store):
+    study, sop = _uid(), _uid()
+    assert store.record_instance(replace(_instance(study, sop), pending_upload="rx-1"))
+    assert store.complete_quiet_studies(0, 0) == []  # even past the maximum wait
+    assert store.complete_study(study) is None
+    assert [i.sop_instance_uid for i in store.pending_uploads("rx-1")] == [sop]
+    assert store.pending_uploads("rx-2") == []
+    assert store.mark_uploaded(sop, "rx-2") is False
+    assert store.mark_uploaded(sop, "rx-1") is True
+    assert store.upload_state(f"{study}/{sop}.dcm") == "uploaded"
+    assert [s.study_instance_uid for s in store.complete_quiet_studies(0, 3600)] == [study]
+
+
+def test_jobs_are_deferred_in_the_transaction_of_the_move(store):
+    """A move that rolls back defers nothing; one that commits defers exactly its next job."""
+    deferred: list[Job] = []
+
+    class Failing:
+        def defer(self, connection, jobs):
+            deferred.extend(jobs)
+            raise RuntimeError("the transaction fails after the defer")
+
+    study = _uid()
+    assert store.record_instance(_instance(study))
+    real, store.deferrer = store.deferrer, Failing()
+    with pytest.raises(RuntimeError):
+        store.complete_quiet_studies(0, 3600)
+    assert [j.study_instance_uid for j in deferred] == [study]
+    assert store.study(study).state is StudyState.RECEIVING  # rolled back with the defer
+
+    class Recording:
+        def defer(self, connection, jobs):
+            assert connection.in_transaction()
+            deferred.extend(jobs)
+
+    deferred.clear()
+    store.deferrer = Recording()
+    store.complete_quiet_studies(0, 3600)
+    claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
+    store.finish_deid(claimed, [DeidRecord(store.instances_of(claimed)[0].sop_instance_uid, True, None, "k")], 0.1,
+                      "r")
+    store.add_result(store.claim_study(StudyState.DEIDENTIFIED, StudyState.DETECTING), _result(study, 1), ["a", "b"])
+    assert [(j.stage, j.destination) for j in deferred] == [("deid", None), ("detect", None), ("deliver", "a"),
+                                                            ("deliver", "b")]
+    store.deferrer = real

@@ -28,11 +28,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def peer_missing(message: str) -> None:
+    """Fail (in CI) or skip (elsewhere): a real peer the test needs is not installed."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_binary(*names: str) -> None:
     """Fail (in CI) or skip (elsewhere) when a real peer program is missing."""
     missing = [n for n in names if shutil.which(n) is None]
     if missing:
-        message = f"peer programs missing: {', '.join(missing)} (make test installs them as root)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        peer_missing(f"peer programs missing: {', '.join(missing)} (make test installs them as root)")

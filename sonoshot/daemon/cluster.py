@@ -16,13 +16,16 @@ any number of processes and machines.
   ``maintenance``, so a slow PACS or a long retention run holds up nothing else.
 * Periodic jobs are procrastinate periodic tasks: every worker's deferrer proposes each
   period, the database keeps one job per period (``procrastinate_periodic_defers``), and one
-  worker runs it. The ``takeover`` job gives the running jobs of workers without a heartbeat
-  for ``cluster.stall_timeout_s`` to a new job (:func:`sonoshot.db.cluster.take_over_stalled`).
+  worker runs it. The carrier adds two of its own: ``takeover`` gives the running jobs of
+  workers without a heartbeat for ``cluster.stall_timeout_s`` to new jobs, and defers a job for
+  any study or delivery left without one (:mod:`sonoshot.db.cluster`); ``prune-jobs`` deletes
+  finished jobs after ``cluster.keep_finished_jobs_h``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -30,6 +33,7 @@ from typing import Any
 
 from sonoshot.config import ClusterConfig
 from sonoshot.daemon.stages import Periodic, Stage, run_job
+from sonoshot.db import cluster as db_cluster
 from sonoshot.db.store import Store
 from sonoshot.db.work import TASK_NAMES, Job
 
@@ -38,6 +42,8 @@ log = logging.getLogger(__name__)
 MAINTENANCE_QUEUE = "maintenance"
 #: Pause before a worker that stopped on an error (the database went away) starts again.
 RESTART_DELAY_S = 2.0
+#: How often finished jobs older than ``cluster.keep_finished_jobs_h`` are deleted.
+PRUNE_INTERVAL_S = 3600.0
 
 
 def libpq_url(url: str) -> str:
@@ -77,7 +83,11 @@ class ProcrastinateCarrier:
                                                   max_size=4 + 2 * len(self.queue_groups) + concurrency))
         for stage in self.stages:
             self.app.task(name=TASK_NAMES[stage])(self._stage_task(stage))
-        for job in periodic:
+        stall = cluster.stall_timeout_s
+        own = [Periodic("takeover", max(1.0, stall / 3), lambda: self._take_over(stall)),
+               Periodic("prune-jobs", PRUNE_INTERVAL_S, functools.partial(
+                   db_cluster.prune_finished_jobs, store.engine, cluster.keep_finished_jobs_h))]
+        for job in [*periodic, *own]:
             task = self.app.task(name=f"sonoshot.periodic.{job.name}", queue=MAINTENANCE_QUEUE,
                                  queueing_lock=f"periodic:{job.name}")(self._periodic_task(job))
             self.app.periodic(cron=cron_every(job.interval_s), periodic_id=job.name)(task)
@@ -85,6 +95,10 @@ class ProcrastinateCarrier:
         self.stopping: asyncio.Event | None = None
         self.thread: threading.Thread | None = None
         self.ready = threading.Event()
+
+    def _take_over(self, stall_timeout_s: float) -> None:
+        db_cluster.take_over_stalled(self.store.engine, stall_timeout_s)
+        db_cluster.requeue_unqueued(self.store.engine, stall_timeout_s)
 
     def _stage_task(self, stage: str):
         def run(**args: Any) -> bool:

@@ -160,23 +160,12 @@ class Service:
 
     def _periodic(self) -> list[Periodic]:
         config = self.config
-        periodic = [
+        return [
             Periodic("completion", config.completion.sweep_interval_s,
                      functools.partial(jobs.sweep_completion, self.store, config.completion)),
             Periodic("retention", retention.INTERVAL_S,
                      functools.partial(retention.purge_expired, self.store, self.objects, config.retention)),
         ]
-        if self.cluster:
-            from sonoshot.db import cluster
-
-            stall = config.cluster.stall_timeout_s
-            periodic += [
-                Periodic("takeover", max(1.0, stall / 3), lambda: (cluster.take_over_stalled(self.store.engine, stall),
-                                                                   cluster.requeue_unqueued(self.store.engine, stall))),
-                Periodic("prune-jobs", retention.INTERVAL_S, functools.partial(
-                    cluster.prune_finished_jobs, self.store.engine, config.cluster.keep_finished_jobs_h)),
-            ]
-        return periodic
 
     def start(self) -> None:
         # Stored exactly as received: devices write invalid values, which must not stop us reading.

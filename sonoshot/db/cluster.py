@@ -133,7 +133,8 @@ def apply_schema(engine: Engine) -> bool:
         c.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
         if c.scalar(text("SELECT to_regclass('procrastinate_jobs')")) is not None:
             return False
-        c.exec_driver_sql(SchemaManager.get_schema())
+        with c.connection.dbapi_connection.cursor() as cursor:  # no parameters: the '%' in it stay literal
+            cursor.execute(SchemaManager.get_schema())
     return True
 
 

@@ -74,30 +74,34 @@ class S3Store:
         return f"{self.buckets[kind]}/{key}"
 
     def put(self, kind: Kind, key: str, data: bytes) -> None:
+        check_key(key)
         try:
-            self.client.put_object(Bucket=self.buckets[kind], Key=check_key(key), Body=data, **self.extra)
+            self.client.put_object(Bucket=self.buckets[kind], Key=key, Body=data, **self.extra)
         except Exception as exc:  # botocore raises many types: all mean "not stored"
             raise _error(f"cannot write {self._where(kind, key)}", exc) from exc
 
     def put_file(self, kind: Kind, key: str, path: Path) -> None:
+        check_key(key)
         try:
-            self.client.upload_file(str(path), self.buckets[kind], check_key(key), ExtraArgs=self.extra or None)
+            self.client.upload_file(str(path), self.buckets[kind], key, ExtraArgs=self.extra or None)
         except Exception as exc:
             raise _error(f"cannot write {self._where(kind, key)}", exc) from exc
 
     def get(self, kind: Kind, key: str) -> bytes:
+        check_key(key)
         try:
-            return self.client.get_object(Bucket=self.buckets[kind], Key=check_key(key))["Body"].read()
+            return self.client.get_object(Bucket=self.buckets[kind], Key=key)["Body"].read()
         except Exception as exc:
             raise _error(f"cannot read {self._where(kind, key)}", exc) from exc
 
     @contextlib.contextmanager
     def local_file(self, kind: Kind, key: str) -> Iterator[Path]:
+        check_key(key)
         fd, name = tempfile.mkstemp(prefix="sonoshot-", suffix=Path(key).suffix)
         os.close(fd)
         try:
             try:
-                self.client.download_file(self.buckets[kind], check_key(key), name)
+                self.client.download_file(self.buckets[kind], key, name)
             except Exception as exc:
                 raise _error(f"cannot read {self._where(kind, key)}", exc) from exc
             yield Path(name)
@@ -106,8 +110,9 @@ class S3Store:
                 os.unlink(name)
 
     def exists(self, kind: Kind, key: str) -> bool:
+        check_key(key)
         try:
-            self.client.head_object(Bucket=self.buckets[kind], Key=check_key(key))
+            self.client.head_object(Bucket=self.buckets[kind], Key=key)
             return True
         except Exception as exc:
             error = _error(f"cannot read {self._where(kind, key)}", exc)
