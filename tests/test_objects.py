@@ -46,16 +46,16 @@ def test_put_get_and_local_file_round_trip(objects, tmp_path):
         assert path.read_bytes() == b"DICM original"
     source = tmp_path / "copy.dcm"
     source.write_bytes(b"DICM working copy")
-    objects.put_file(Kind.WORK, work_key(STUDY, 2, "9.9.dcm"), source)
-    assert objects.get(Kind.WORK, f"{STUDY}/g2/9.9.dcm") == b"DICM working copy"
+    objects.put_file(Kind.WORK, work_key(STUDY, 2, 3, "9.9.dcm"), source)
+    assert objects.get(Kind.WORK, f"{STUDY}/g2.a3/9.9.dcm") == b"DICM working copy"
     objects.put(Kind.ORIGINALS, key, b"DICM again")  # the same key: replaced, never doubled
     assert objects.get(Kind.ORIGINALS, key) == b"DICM again"
 
 
 def test_missing_objects_and_bad_keys(objects):
     with pytest.raises(ObjectNotFound):
-        objects.get(Kind.REPORTS, report_key(STUDY, "1.2.3"))
-    with pytest.raises(ObjectNotFound), objects.local_file(Kind.REPORTS, report_key(STUDY, "1.2.3")):
+        objects.get(Kind.REPORTS, report_key(STUDY, "1.2.3", 1))
+    with pytest.raises(ObjectNotFound), objects.local_file(Kind.REPORTS, report_key(STUDY, "1.2.3", 1)):
         pass
     for bad in ("../escape.dcm", "/absolute.dcm", f"{STUDY}//x.dcm", ""):
         with pytest.raises(ValueError, match="object key"):
@@ -66,12 +66,12 @@ def test_missing_objects_and_bad_keys(objects):
 def test_delete_prefix_and_top_level(objects):
     other = "1.2.826.0.1.3680043.10.4321.8"
     for n in range(3):
-        objects.put(Kind.WORK, work_key(STUDY, 1, f"{n}.dcm"), b"x")
-    objects.put(Kind.WORK, work_key(other, 1, "0.dcm"), b"x")
+        objects.put(Kind.WORK, work_key(STUDY, 1, 1, f"{n}.dcm"), b"x")
+    objects.put(Kind.WORK, work_key(other, 1, 1, "0.dcm"), b"x")
     assert objects.top_level(Kind.WORK) == sorted([STUDY, other])
     assert objects.delete_prefix(Kind.WORK, f"{STUDY}/") == 3
     assert objects.top_level(Kind.WORK) == [other]
-    assert objects.delete(Kind.WORK, [work_key(other, 1, "0.dcm")]) == 1
+    assert objects.delete(Kind.WORK, [work_key(other, 1, 1, "0.dcm")]) == 1
     assert objects.top_level(Kind.WORK) == []
     objects.check()
 
@@ -83,16 +83,16 @@ def test_each_role_key_reaches_only_its_buckets(swift, tmp_path):
     with pytest.raises(ObjectStoreError, match="AccessDenied"):
         receiver.get(Kind.ORIGINALS, key)  # a receiver cannot read back what it stored
     with pytest.raises(ObjectStoreError, match="AccessDenied"):
-        receiver.put(Kind.REPORTS, report_key(STUDY, "1.9"), b"x")
+        receiver.put(Kind.REPORTS, report_key(STUDY, "1.9", 2), b"x")
     assert worker.get(Kind.ORIGINALS, key) == b"PHI"
-    worker.put(Kind.REPORTS, report_key(STUDY, "1.9"), b"SR")
-    assert deliverer.get(Kind.REPORTS, report_key(STUDY, "1.9")) == b"SR"
-    for kind, name in ((Kind.ORIGINALS, key), (Kind.WORK, work_key(STUDY, 1, "1.dcm"))):
+    worker.put(Kind.REPORTS, report_key(STUDY, "1.9", 2), b"SR")
+    assert deliverer.get(Kind.REPORTS, report_key(STUDY, "1.9", 2)) == b"SR"
+    for kind, name in ((Kind.ORIGINALS, key), (Kind.WORK, work_key(STUDY, 1, 1, "1.dcm"))):
         with pytest.raises(ObjectStoreError, match="AccessDenied"):
             deliverer.get(kind, name)
     for store in (receiver, deliverer):
         store.check()  # AccessDenied is an answer: the endpoint and the key are fine
-    assert worker.delete(Kind.ORIGINALS, [key]) == 1 and worker.delete(Kind.REPORTS, [report_key(STUDY, "1.9")]) == 1
+    assert worker.delete(Kind.ORIGINALS, [key]) == 1 and worker.delete(Kind.REPORTS, [report_key(STUDY, "1.9", 2)]) == 1
 
 
 def test_objects_are_encrypted_at_rest(swift, tmp_path):

@@ -66,7 +66,9 @@ def cron_every(seconds: float) -> str:
 
 class ProcrastinateCarrier:
     """procrastinate workers for ``queue_groups`` (each group one worker of ``concurrency``
-    jobs at a time) and one maintenance worker, on an event loop in a background thread."""
+    jobs at a time) on an event loop in a background thread. With ``periodic`` jobs (a worker
+    process; deliverers have none) one more worker takes the ``maintenance`` queue, and the
+    carrier's own ``takeover`` and ``prune-jobs`` join them."""
 
     def __init__(self, database_url: str, cluster: ClusterConfig, store: Store, stages: Mapping[str, Stage],
                  periodic: Sequence[Periodic], queue_groups: Sequence[Sequence[str]], concurrency: int = 1,
@@ -86,7 +88,8 @@ class ProcrastinateCarrier:
         stall = cluster.stall_timeout_s
         own = [Periodic("takeover", max(1.0, stall / 3), lambda: self._take_over(stall)),
                Periodic("prune-jobs", PRUNE_INTERVAL_S, functools.partial(
-                   db_cluster.prune_finished_jobs, store.engine, cluster.keep_finished_jobs_h))]
+                   db_cluster.prune_finished_jobs, store.engine, cluster.keep_finished_jobs_h))] if periodic else []
+        self.maintenance = bool(periodic)
         for job in [*periodic, *own]:
             task = self.app.task(name=f"sonoshot.periodic.{job.name}", queue=MAINTENANCE_QUEUE,
                                  queueing_lock=f"periodic:{job.name}")(self._periodic_task(job))
@@ -121,7 +124,7 @@ class ProcrastinateCarrier:
     async def _main(self) -> None:
         self.loop, self.stopping = asyncio.get_running_loop(), asyncio.Event()
         async with self.app.open_async():
-            groups = [*self.queue_groups, [MAINTENANCE_QUEUE]]
+            groups = [*self.queue_groups, *([[MAINTENANCE_QUEUE]] if self.maintenance else [])]
             workers = [asyncio.create_task(self._supervise(group, self.concurrency if group in self.queue_groups
                                                            else 1)) for group in groups]
             self.ready.set()

@@ -7,8 +7,8 @@ Wiring, start, reload, drain and stop of one sonoshot process in one *role*:
 |---|---|---|
 | ``all`` | everything below in one process (the embedded default: SQLite, spool, in-process pool) | |
 | ``receiver`` | the storage SCP; uploads from its local spool to the object store | PostgreSQL, object store |
-| ``worker`` | the ``deid``, ``detect`` and ``archive`` queues (``--queues``), periodic jobs | PostgreSQL, object store |
-| ``deliverer`` | one ``deliver-<destination>`` queue per destination, periodic jobs | PostgreSQL, object store, PACS |
+| ``worker`` | the ``deid``, ``detect`` and ``archive`` queues (``--queues``), the periodic jobs | PostgreSQL, object store |
+| ``deliverer`` | one ``deliver-<destination>`` queue per destination | PostgreSQL, object store, PACS |
 
 The database is the only state the stages share; the service owns the threads: pynetdicom's
 server, the uploader, the carrier (:mod:`sonoshot.daemon.stages` in process,
@@ -209,8 +209,9 @@ class Service:
 
             stage_queues = [q for q in self.plan.queues if not q.startswith("deliver-")]
             groups = [stage_queues, *([q] for q in self.plan.queues if q.startswith("deliver-"))]
+            periodic = self._periodic() if self.plan.deid or self.plan.detect else []  # workers only
             self.carrier = ProcrastinateCarrier(config.database.url, config.cluster, self.store, self.stages,
-                                                self._periodic(), groups, config.workers.count, self.node)
+                                                periodic, groups, config.workers.count, self.node)
         else:
             assert isinstance(self.deferrer, WakeDeferrer)
             self.carrier = InProcessCarrier(self.store, self.deferrer, self.stages, self._periodic(),

@@ -37,7 +37,7 @@ from sonoshot.dicom_io.pixels import UndecodableError
 from sonoshot.dicom_io.report import (ImageScoreRef, PredecessorRef, QuarantinedRef, StudyResult, VerdictValues,
                                       build_report, report_sop_instance_uid)
 from sonoshot.model import Detector, ImageScore
-from sonoshot.objects import Kind, ObjectStore, report_key, work_key
+from sonoshot.objects import Kind, ObjectStore, report_key, work_prefix
 from sonoshot.objects.folder import FolderStore
 
 log = logging.getLogger(__name__)
@@ -107,18 +107,21 @@ class DeidStage:
                                       route_rule=rule.name)
                 return
             started = time.perf_counter()
+            log.info("study %s: de-identifying %d instance(s) (generation %d, attempt %d)",
+                     study.study_instance_uid, len(instances), study.generation, study.lease)
             outcomes = self._deidentify(study, instances, originals)
         if not self.store.finish_deid(study, outcomes, time.perf_counter() - started, rule.name):
             log.info("study %s: de-identification dropped, the claim moved on (reopened or taken over)",
                      study.study_instance_uid)
+            self.objects.delete_prefix(Kind.WORK, work_prefix(study.study_instance_uid, study.generation,
+                                                              study.lease))
 
     def _deidentify(self, study: StudyRef, instances: list[InstanceRef], originals: dict[str, Path]
                     ) -> list[DeidRecord]:
-        final = self.work_root / study.study_instance_uid / f"g{study.generation}"
-        if self.in_place:
-            shutil.rmtree(final, ignore_errors=True)  # a requeued study starts its working copies afresh
-            out_dir = final
-        else:  # a folder of this claim only: a stalled holder of an older claim cannot touch it
+        prefix = work_prefix(study.study_instance_uid, study.generation, study.lease)
+        if self.in_place:  # the claim's own folder of the work store
+            out_dir = self.work_root / prefix
+        else:  # a scratch folder of this claim, uploaded from
             self.work_root.mkdir(parents=True, exist_ok=True, mode=0o700)
             out_dir = Path(tempfile.mkdtemp(prefix=f".deid-{study.study_instance_uid}-", dir=self.work_root))
         outcomes = []
@@ -126,7 +129,7 @@ class DeidStage:
             for instance in instances:
                 outcome = deidentify_file(originals[instance.sop_instance_uid], out_dir, self.policy, self.key)
                 if outcome.ok and outcome.output is not None:
-                    key = work_key(study.study_instance_uid, study.generation, outcome.output.name)
+                    key = prefix + outcome.output.name
                     self.objects.put_file(Kind.WORK, key, outcome.output)
                     outcomes.append(DeidRecord(instance.sop_instance_uid, True, outcome.reason, key))
                 else:
@@ -179,6 +182,8 @@ class DetectStage:
                        for i in instances if i.deid_status == "quarantined"]
         timings: dict[str, float] = {}
         started = time.perf_counter()
+        log.info("study %s: scoring %d instance(s) (generation %d, attempt %d)", study.study_instance_uid,
+                 len(clean), study.generation, study.lease)
         scored, quarantined = self._detect(detector, clean, quarantined)
         timings["detect"] = time.perf_counter() - started
         if not scored:
@@ -230,8 +235,8 @@ class DetectStage:
             with self.objects.local_file(Kind.REPORTS, previous.sr_path) as path:
                 predecessor = PredecessorRef.from_dataset(dcmread(path, stop_before_pixels=True))
         sr = build_report([headers[s.original.sop_instance_uid] for s in scored], result, predecessor)
-        relative = report_key(study.study_instance_uid, sr.SOPInstanceUID)
-        self.objects.put(Kind.REPORTS, relative, _encode(sr))  # the same key for the same SR: idempotent
+        relative = report_key(study.study_instance_uid, sr.SOPInstanceUID, study.lease)
+        self.objects.put(Kind.REPORTS, relative, _encode(sr))
         timings["report"] = time.perf_counter() - started
         new = NewResult(score=score, verdict=verdict.value, threshold=threshold, bundle_sha256=result.bundle_sha256,
                         backbone=result.backbone, images_scored=len(scored), images_quarantined=len(quarantined),
@@ -241,6 +246,7 @@ class DetectStage:
         if self.store.add_result(study, new, destinations) is None:
             log.info("study %s: result dropped, the claim moved on (reopened, or taken over after a stall)",
                      study.study_instance_uid)
+            self.objects.delete(Kind.REPORTS, [relative])
             return None
         return new
 

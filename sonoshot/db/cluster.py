@@ -40,7 +40,7 @@ _DEFER = text(
 _STALLED = text(
     "SELECT job.id, job.task_name, job.args FROM procrastinate_jobs job "
     "LEFT JOIN procrastinate_workers worker ON worker.id = job.worker_id "
-    "WHERE job.status = 'doing' AND job.task_name = ANY(:tasks) "
+    "WHERE job.status = 'doing' "
     "AND (worker.id IS NULL OR worker.last_heartbeat < NOW() - make_interval(secs => :seconds)) "
     "ORDER BY job.id FOR UPDATE OF job SKIP LOCKED")
 
@@ -79,7 +79,8 @@ class ProcrastinateDeferrer:
 
 
 def take_over_stalled(engine: Engine, stall_timeout_s: float) -> list[Job]:
-    """Fail the running jobs of workers silent for ``stall_timeout_s`` and defer takeovers.
+    """Fail the running jobs of workers silent for ``stall_timeout_s``; defer a takeover job for
+    each stage job among them (a periodic one simply runs again next period).
 
     Returns
     -------
@@ -89,8 +90,12 @@ def take_over_stalled(engine: Engine, stall_timeout_s: float) -> list[Job]:
     stage_of = {task: stage for stage, task in TASK_NAMES.items()}
     deferred: list[Job] = []
     with engine.begin() as c:
-        for row in c.execute(_STALLED, {"tasks": list(stage_of), "seconds": stall_timeout_s}).all():
+        for row in c.execute(_STALLED, {"seconds": stall_timeout_s}).all():
             c.execute(_FAIL, {"id": row.id})
+            if row.task_name not in stage_of:
+                log.warning("job %d (%s) stalled: its worker sent no heartbeat for %.0f s", row.id, row.task_name,
+                            stall_timeout_s)
+                continue
             job = Job.from_args(stage_of[row.task_name], {**row.args, "takeover": True})
             ProcrastinateDeferrer().defer(c, [job])
             log.warning("job %d (%s of study %s) stalled: its worker sent no heartbeat for %.0f s; taken over",

@@ -8,8 +8,12 @@ same instance, working copy or SR always lands on the same key) and no key carri
 | kind | key | written by | read by |
 |---|---|---|---|
 | ``originals`` | ``<study>/<series>/<sop>.dcm`` (the spool path) | receivers, ``sonoshot import`` | deid and detect workers |
-| ``work`` | ``<study>/g<generation>/<keyed sop>.dcm`` | deid workers | detect workers |
-| ``reports`` | ``<study>/<sr sop>.dcm`` | detect workers | deliverers |
+| ``work`` | ``<study>/g<generation>.a<attempt>/<keyed sop>.dcm`` | deid workers | detect workers |
+| ``reports`` | ``<study>/<sr sop>.a<attempt>.dcm`` | detect workers | deliverers |
+
+``attempt`` is the study lease of the claim that wrote the object: a worker that lost its claim
+(paused past the stall timeout, then resumed) writes beside the retry's objects, never over
+them, and deletes what it wrote once the store refuses its result.
 
 Three implementations of :class:`ObjectStore`: the embedded default keeps the local spool and
 work folders (:func:`spool_store`); cluster mode uses a shared POSIX folder
@@ -21,7 +25,7 @@ per-role keys and encryption at rest.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Protocol
@@ -44,19 +48,19 @@ class ObjectNotFound(ObjectStoreError):
     """No object under that key."""
 
 
-def work_key(study_uid: str, generation: int, file_name: str) -> str:
-    """The key of a de-identified working copy of one study generation."""
-    return f"{check_uid(study_uid, 'StudyInstanceUID')}/g{int(generation)}/{file_name}"
+def work_prefix(study_uid: str, generation: int, attempt: int) -> str:
+    """The key prefix of the working copies one claim made of one study generation."""
+    return f"{check_uid(study_uid, 'StudyInstanceUID')}/g{int(generation)}.a{int(attempt)}/"
 
 
-def work_prefix(study_uid: str, generation: int) -> str:
-    """The key prefix of all working copies of one study generation."""
-    return f"{check_uid(study_uid, 'StudyInstanceUID')}/g{int(generation)}/"
+def work_key(study_uid: str, generation: int, attempt: int, file_name: str) -> str:
+    """The key of one de-identified working copy (see :func:`work_prefix`)."""
+    return work_prefix(study_uid, generation, attempt) + file_name
 
 
-def report_key(study_uid: str, sr_uid: str) -> str:
-    """The key of the SR we built for ``study_uid``."""
-    return f"{check_uid(study_uid, 'StudyInstanceUID')}/{check_uid(sr_uid, 'SOPInstanceUID')}{SUFFIX}"
+def report_key(study_uid: str, sr_uid: str, attempt: int) -> str:
+    """The key of the SR one claim built for ``study_uid``."""
+    return f"{check_uid(study_uid, 'StudyInstanceUID')}/{check_uid(sr_uid, 'SOPInstanceUID')}.a{int(attempt)}{SUFFIX}"
 
 
 def check_key(key: str) -> str:
@@ -138,10 +142,3 @@ def open_object_store(config: Config) -> ObjectStore:
     from sonoshot.objects.s3 import S3Store
 
     return S3Store.from_config(objects)
-
-
-@contextlib.contextmanager
-def local_files(store: ObjectStore, kind: Kind, keys: Sequence[str]) -> Iterator[list[Path]]:
-    """:meth:`ObjectStore.local_file` for several keys at once."""
-    with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(store.local_file(kind, key)) for key in keys]
