@@ -67,8 +67,12 @@ class Cluster:
         return self.daemons[name]
 
     def start(self, *names: str) -> None:
-        for name in names or self.daemons:
-            self.daemons[name].start(timeout=180)
+        """Start the named processes (all by default) side by side; return once each is ready."""
+        chosen = [self.daemons[name] for name in names or self.daemons]
+        for daemon in chosen:
+            daemon.spawn()
+        for daemon in chosen:
+            daemon.wait_ready(timeout=240)
 
     def stop(self) -> None:
         for daemon in self.daemons.values():

@@ -83,12 +83,18 @@ class Daemon:
         return Path(self.config["database"]["url"].removeprefix("sqlite:///"))
 
     def start(self, timeout: float = 60.0) -> "Daemon":
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it (several can then start side by side)."""
         log = open(self.log_path, "ab")
         serve = ["serve", "--role", self.role, *(["--queues", ",".join(self.queues)] if self.queues else [])]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sonoshot", "--config", str(self.config_path), *serve],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
+    def wait_ready(self, timeout: float = 60.0) -> "Daemon":
         def listening() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"sonoshot exited with {self.process.returncode}:\n{self.log()}")

@@ -119,3 +119,12 @@ def test_an_unreachable_endpoint_and_a_bad_key_are_errors(swift, tmp_path):
         S3Store.from_config(bad).check()
     with pytest.raises(ConfigError, match="objects.endpoint_url"):
         S3Store.from_config(ObjectsConfig(store="s3"))
+
+
+def test_a_large_object_is_one_put_under_a_role_key(objects, tmp_path):
+    """Above boto3's multipart threshold (8 MiB) still one PUT: a role key may not create segments."""
+    big = tmp_path / "cine.dcm"
+    big.write_bytes(bytes(range(256)) * (40 * 2**12))  # 10 MiB
+    objects.put_file(Kind.WORK, work_key(STUDY, 1, 1, "cine.dcm"), big)
+    with objects.local_file(Kind.WORK, work_key(STUDY, 1, 1, "cine.dcm")) as path:
+        assert path.read_bytes() == big.read_bytes()

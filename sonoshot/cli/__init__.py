@@ -12,6 +12,7 @@ and a bad key exits with 2.
 | :mod:`.model` | ``fit``, ``eval``, ``model pull`` |
 | :mod:`.admin` | ``status``, ``studies``, ``resend``, ``route``, ``echo`` |
 | :mod:`.audit` | ``audit export`` |
+| :mod:`.importer` | ``import folder``, ``import s3``, ``import pacs`` |
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 import click
 
 from sonoshot import __version__
-from sonoshot.cli import admin, audit, deid, model, serve
+from sonoshot.cli import admin, audit, deid, importer, model, serve
 from sonoshot.config import ConfigError
 
 EXIT_CONFIG = 2
@@ -36,7 +37,7 @@ def cli(config_path: str | None) -> None:
 
 
 for _command in (serve.serve, deid.keygen, deid.anonymize, model.fit, model.eval_, model.model,
-                 admin.status, admin.studies, admin.resend, admin.route, admin.echo, audit.audit):
+                 admin.status, admin.studies, admin.resend, admin.route, admin.echo, audit.audit, importer.import_):
     cli.add_command(_command)
 
 

@@ -134,20 +134,24 @@ class ProcrastinateCarrier:
             await asyncio.gather(*workers, return_exceptions=True)
 
     async def _supervise(self, queues: list[str], concurrency: int) -> None:
-        """Run one worker on ``queues``; one that stopped on an error starts again (registered
-        anew, so a worker resumed after its stall is a live worker again)."""
-        while True:
+        """Run one worker on ``queues`` until the carrier stops. A worker stops by itself when its
+        database connection fails (procrastinate ends the worker when its listener dies); it is
+        started again, registered anew, so it also comes back after a stall as a live worker."""
+        assert self.stopping is not None
+        while not self.stopping.is_set():
             try:
                 await self.app.run_worker_async(
                     queues=queues, concurrency=concurrency, name=f"{self.name}:{','.join(queues)}",
                     install_signal_handlers=False, update_heartbeat_interval=self.cluster.heartbeat_interval_s,
                     stalled_worker_timeout=self.cluster.stall_timeout_s,
                     fetch_job_polling_interval=self.cluster.poll_interval_s, shutdown_graceful_timeout=120)
-                return
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("worker on %s stopped; starting it again in %.0f s", ",".join(queues), RESTART_DELAY_S)
+                log.exception("worker on %s failed", ",".join(queues))
+            if not self.stopping.is_set():
+                log.warning("worker on %s stopped (database connection lost?); starting it again in %.0f s",
+                            ",".join(queues), RESTART_DELAY_S)
                 await asyncio.sleep(RESTART_DELAY_S)
 
     def stop(self, timeout_s: float = 150.0) -> None:

@@ -97,9 +97,10 @@ class Uploader:
                     log.info("object store reachable again: uploads resumed")
                 delay = 0.0
             except ObjectStoreError as exc:
+                if not delay:  # once per outage; the retries are quiet until it ends
+                    log.warning("upload from %s failed (%s); the local spool keeps the instances until the "
+                                "object store is back", self.node, exc)
                 delay = min(max(delay * 2, 0.5), self.retry_max_s)
-                log.warning("upload from %s failed (%s); the local spool keeps the instances, retry in %.1f s",
-                            self.node, exc, delay)
                 busy = False
             except Exception:  # the database is down: the rows say what is pending, try again
                 log.exception("uploader error")

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from sonoshot.db.lifecycle import SETTLED, OutboxState, StudyState
 from sonoshot.db.models import Association, Delivery, Event, Instance, Result, Study
 from sonoshot.db.store import Store
+from sonoshot.db.work import Deferrer
 
 #: Event kind the worker records (with ``study_instance_uid``) when it has de-identified a
 #: study; the audit export takes the latest one as the study's de-identification time.
@@ -79,8 +80,10 @@ class DatabaseNotReady(RuntimeError):
     """The configured database does not exist yet or has no sonoshot tables."""
 
 
-def open_existing(url: str) -> Store:
+def open_existing(url: str, deferrer: Deferrer | None = None) -> Store:
     """A :class:`Store` on an existing, migrated database; unlike ``Store(url)`` it creates nothing.
+
+    ``deferrer`` is how the store hands jobs on (cluster mode: procrastinate's table).
 
     Raises
     ------
@@ -92,7 +95,7 @@ def open_existing(url: str) -> Store:
         path = Path(url.removeprefix("sqlite:///"))
         if not path.is_file():
             raise DatabaseNotReady(f"no database at {path} (database.url); has the daemon run yet?")
-    store = Store(url)
+    store = Store(url, deferrer)
     if not inspect(store.engine).has_table(Study.__tablename__):
         store.dispose()
         raise DatabaseNotReady("the database (database.url) has no sonoshot tables; has the daemon run yet?")

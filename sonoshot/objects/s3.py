@@ -21,6 +21,7 @@ from sonoshot.config import ConfigError, ObjectsConfig
 from sonoshot.objects import Kind, ObjectNotFound, ObjectStoreError, check_key
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+SINGLE_PUT_MAX = 5 * 2**30 - 1
 
 
 def _error(what: str, exc: Exception) -> ObjectStoreError:
@@ -39,7 +40,12 @@ class S3Store:
 
     def __init__(self, client: Any, bucket_prefix: str, server_side_encryption: str = "",
                  endpoint: str = "") -> None:
+        from boto3.s3.transfer import TransferConfig
+
         self.client = client
+        # One PUT per object (S3 allows 5 GiB): multipart uploads need segment containers and
+        # rights of their own on some servers (Swift's s3api), and an instance is rarely that big.
+        self.transfer = TransferConfig(multipart_threshold=SINGLE_PUT_MAX, multipart_chunksize=SINGLE_PUT_MAX)
         self.buckets = {kind: f"{bucket_prefix}-{kind.value}" for kind in Kind}
         self.extra = {"ServerSideEncryption": server_side_encryption} if server_side_encryption else {}
         self.endpoint = endpoint
@@ -83,7 +89,8 @@ class S3Store:
     def put_file(self, kind: Kind, key: str, path: Path) -> None:
         check_key(key)
         try:
-            self.client.upload_file(str(path), self.buckets[kind], key, ExtraArgs=self.extra or None)
+            self.client.upload_file(str(path), self.buckets[kind], key, ExtraArgs=self.extra or None,
+                                    Config=self.transfer)
         except Exception as exc:
             raise _error(f"cannot write {self._where(kind, key)}", exc) from exc
 
