@@ -266,7 +266,7 @@ def test_a_study_whose_holder_died_is_finished_once(site):
                                    "VALUES (NOW() - INTERVAL '1 hour') RETURNING id"))
             c.execute(text("UPDATE procrastinate_jobs SET status = 'doing', worker_id = :w"), {"w": worker})
         dead = site.store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
-    site.start()  # procrastinate: its periodic takeover job finds the stalled one
+    site.start(periodic=True)  # procrastinate: with the periodic jobs comes the takeover, which finds it
     _delivered(site, [uid])
     assert site.recorder.count("deid")[uid] == 1 and site.recorder.count("deliver")[uid] == 1
     assert site.store.finish_deid(dead, [], 0.0, "late") is False  # the dead holder's claim is void

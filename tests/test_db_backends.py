@@ -19,13 +19,14 @@ from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.exc import StatementError
 
 from sonoshot.db.lifecycle import OutboxState, StudyState
-from sonoshot.db.models import Association, Delivery, Event, Instance, Result, Study, utcnow
+from sonoshot.db.models import Association, Delivery, Event, Instance, PeriodicRun, Result, Study, utcnow
 from sonoshot.db.store import MIGRATIONS, DeidRecord, NewInstance, NewResult, Store, StudyRef
 from sonoshot.db.work import Job, Lane
 from tests.postgres import postgres_url  # noqa: F401  (the session-scoped server fixture)
 
 PREFIX = "1.2.826.0.1.3680043.10.4321"
-TABLES = {"associations", "studies", "instances", "events", "results", "deliveries", "alembic_version"}
+TABLES = {"associations", "studies", "instances", "events", "results", "deliveries", "periodic_runs",
+          "alembic_version"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -456,3 +457,13 @@ def test_jobs_are_deferred_in_the_transaction_of_the_move(store):
     assert [(j.stage, j.destination) for j in deferred] == [("deid", None), ("detect", None), ("deliver", "a"),
                                                             ("deliver", "b")]
     store.deferrer = real
+
+
+def test_a_period_runs_once_and_never_after_a_later_one(store):
+    assert store.claim_period("completion", 100)
+    assert not store.claim_period("completion", 100)  # proposed again by another worker
+    assert store.claim_period("completion", 102)
+    assert not store.claim_period("completion", 101)  # a resumed worker's late proposal
+    assert store.claim_period("retention", 101)
+    with store.read_session() as s:
+        assert s.get(PeriodicRun, "completion").runs == 2

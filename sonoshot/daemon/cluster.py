@@ -16,7 +16,9 @@ any number of processes and machines.
   ``maintenance``, so a slow PACS or a long retention run holds up nothing else.
 * Periodic jobs are procrastinate periodic tasks: every worker's deferrer proposes each
   period, the database keeps one job per period (``procrastinate_periodic_defers``), and one
-  worker runs it. The carrier adds two of its own: ``takeover`` gives the running jobs of
+  worker runs it; :meth:`~sonoshot.db.store.Store.claim_period` turns away a period proposed again
+  late (procrastinate's dedupe forgets a period once the next one is deferred, so a worker that
+  resumes after a pause would otherwise run the periods it missed). The carrier adds two of its own: ``takeover`` gives the running jobs of
   workers without a heartbeat for ``cluster.stall_timeout_s`` to new jobs, and defers a job for
   any study or delivery left without one (:mod:`sonoshot.db.cluster`); ``prune-jobs`` deletes
   finished jobs after ``cluster.keep_finished_jobs_h``.
@@ -109,10 +111,12 @@ class ProcrastinateCarrier:
         run.__name__ = run.__qualname__ = f"sonoshot_{stage}"
         return run
 
-    @staticmethod
-    def _periodic_task(job: Periodic):
+    def _periodic_task(self, job: Periodic):
         def run(timestamp: int) -> None:
-            job.run()
+            if self.store.claim_period(job.name, timestamp):
+                job.run()
+            else:
+                log.debug("periodic %s for %d: that period (or a later one) already ran", job.name, timestamp)
         run.__name__ = run.__qualname__ = f"sonoshot_periodic_{job.name.replace('-', '_')}"
         return run
 

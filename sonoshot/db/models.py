@@ -173,3 +173,14 @@ class Delivery(Base):
     lease: Mapped[int] = mapped_column(Integer, default=0)  # +1 at each send claim: fences stale senders
 
     result: Mapped[Result] = relationship(back_populates="deliveries")
+
+
+class PeriodicRun(Base):
+    """The last period each periodic job ran for (cluster mode): a period runs once, never again
+    after a later one, however many workers propose it or however late."""
+
+    __tablename__ = "periodic_runs"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_timestamp: Mapped[int] = mapped_column(BigInteger)  # the period's scheduled time, epoch seconds
+    runs: Mapped[int] = mapped_column(Integer, default=0)
+    last_run_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

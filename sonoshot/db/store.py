@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from sonoshot.db.lifecycle import STAGE_STATES, OutboxState, StudyState, check_move
-from sonoshot.db.models import Association, Delivery, Event, Instance, Result, Study, utcnow
+from sonoshot.db.models import Association, Delivery, Event, Instance, PeriodicRun, Result, Study, utcnow
 from sonoshot.db.work import Deferrer, Job, Lane, WakeDeferrer
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -688,3 +688,23 @@ class Store:
                 study.state, study.state_changed_at = StudyState.DEIDENTIFIED.value, now
                 self._defer_due(s.connection(), study, StudyState.DEIDENTIFIED)
             return len(held)
+
+    # -- periodic jobs (cluster mode) ------------------------------------------------------
+
+    def claim_period(self, name: str, timestamp: int) -> bool:
+        """Whether the periodic job ``name`` may run for the period scheduled at ``timestamp``:
+        True once per period, and never for a period older than one that already ran (a worker
+        that resumes after a pause proposes the periods it missed; they are past)."""
+        now = utcnow()
+        with self.session() as s:
+            if s.execute(update(PeriodicRun).where(PeriodicRun.name == name, PeriodicRun.last_timestamp < timestamp)
+                         .values(last_timestamp=timestamp, runs=PeriodicRun.runs + 1, last_run_at=now)).rowcount:
+                return True
+            if s.get(PeriodicRun, name) is not None:
+                return False
+        try:
+            with self.session() as s:
+                s.add(PeriodicRun(name=name, last_timestamp=timestamp, runs=1, last_run_at=now))
+            return True
+        except IntegrityError:  # another worker ran the first period of this job
+            return False

@@ -8,12 +8,15 @@ Studies get ``lease`` (raised at each stage claim; a stage's writes must carry i
 (live or archive) and ``timings`` (seconds per finished stage of this generation); instances
 ``work_path`` (the de-identified working copy's key) and ``pending_upload`` (the receiver node
 whose local spool holds the only copy until the object store has it); associations ``node``;
-results ``attempt`` (the lease that made them); deliveries ``lease``. Studies that waited for a
+results ``attempt`` (the lease that made them); deliveries ``lease``; a table ``periodic_runs``
+(the last period each periodic job ran for, so a period runs once). Studies that waited for a
 detector go back to ``complete``: the detector no longer gates de-identification. SR paths
 become keys of the reports store (the ``.reports/`` spool prefix is the folder store's root).
 """
 import sqlalchemy as sa
 from alembic import op
+
+import sonoshot.db.models
 
 revision = "0004"
 down_revision = "0002"
@@ -38,6 +41,12 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("attempt", sa.Integer(), nullable=False, server_default="0"))
     with op.batch_alter_table("deliveries") as batch_op:
         batch_op.add_column(sa.Column("lease", sa.Integer(), nullable=False, server_default="0"))
+    op.create_table("periodic_runs",
+                    sa.Column("name", sa.String(64), nullable=False),
+                    sa.Column("last_timestamp", sa.BigInteger(), nullable=False),
+                    sa.Column("runs", sa.Integer(), nullable=False),
+                    sa.Column("last_run_at", sonoshot.db.models.UTCDateTime(), nullable=False),
+                    sa.PrimaryKeyConstraint("name"))
     op.execute("UPDATE studies SET state = 'complete' WHERE state = 'awaiting-detector'")
     op.execute(f"UPDATE results SET sr_path = substr(sr_path, {len(REPORTS_PREFIX) + 1}) "
                f"WHERE sr_path LIKE '{REPORTS_PREFIX}%'")
@@ -46,6 +55,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute(f"UPDATE results SET sr_path = '{REPORTS_PREFIX}' || sr_path")
     op.execute("UPDATE studies SET state = 'complete' WHERE state IN ('deidentified', 'detecting')")
+    op.drop_table("periodic_runs")
     with op.batch_alter_table("deliveries") as batch_op:
         batch_op.drop_column("lease")
     with op.batch_alter_table("results") as batch_op:
