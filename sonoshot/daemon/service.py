@@ -69,11 +69,7 @@ class Service:
         config = self.config
         self.scheduler.add_job(jobs.sweep_completion, "interval", args=[self.store, config.completion],
                                seconds=config.completion.sweep_interval_s, id="completion")
-        for destination in config.delivery.destinations:
-            self.scheduler.add_job(
-                deliver_due, "interval", seconds=config.delivery.sweep_interval_s, id=f"deliver-{destination.name}",
-                args=[destination, self.store, self.spool, config.delivery, config.network.ae_title,
-                      self.metrics.delivery_failed])
+        self.schedule_deliveries(config)
         self.scheduler.add_job(retention.purge_expired, "interval", seconds=retention.INTERVAL_S, id="retention",
                                args=[self.store, config.storage.spool_dir, config.storage.work_dir, config.retention])
         self.scheduler.start()
@@ -95,6 +91,14 @@ class Service:
             }, self.registry)
         self.store.record_event("service", "started")
 
+    def schedule_deliveries(self, config: Config) -> None:
+        """One outbox job per destination, (re)scheduled with ``config``'s delivery mode and settings."""
+        for destination in config.delivery.destinations:
+            self.scheduler.add_job(
+                deliver_due, "interval", seconds=config.delivery.sweep_interval_s, id=f"deliver-{destination.name}",
+                args=[destination, self.store, self.spool, config.delivery, config.network.ae_title,
+                      self.metrics.delivery_failed], replace_existing=True)
+
     def describe_detector(self) -> str | None:
         detector = self.detectors.get()
         if detector is None:
@@ -112,12 +116,13 @@ class Service:
                 log.info("%d studies awaiting a detector requeued", requeued)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config file's routing rules and detector bundle."""
+        """SIGHUP: re-read the config file's routing rules, delivery modes and detector bundle."""
         try:
             fresh = load_config(self.config_path) if self.config_path else self.config
             self.config = fresh
             for worker in self.workers:
                 worker.config = fresh
+            self.schedule_deliveries(fresh)  # delivery.mode: shadow <-> send without a restart
             self.load_detector()
             self.store.record_event("service", "reloaded")
         except Exception as exc:  # a bad reload keeps the running configuration
