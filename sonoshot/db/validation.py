@@ -243,3 +243,13 @@ def labelled_results(store: Store, since: datetime | None = None, until: datetim
             out.append(LabelledResult(uid, result.created_at, result.score, result.threshold, result.verdict,
                                       result.bundle_sha256, label, _most_common(scan), _most_common(organ)))
         return out
+
+
+DRIFT_EVENT_KIND = "drift"
+
+
+def drift_flags(store: Store) -> dict[int, bool]:
+    """Each scanner's last recorded drift state (``drift/flagged`` or ``drift/cleared`` event)."""
+    with store.read_session() as s:
+        rows = s.scalars(select(Event).where(Event.kind == DRIFT_EVENT_KIND).order_by(Event.id))
+        return {int(e.detail["scanner"]): e.outcome == "flagged" for e in rows if e.detail and "scanner" in e.detail}

@@ -13,7 +13,7 @@ patient's name, ID or birth date (a misconfigured device) is stored as ``(withhe
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 from pydicom.dataset import Dataset
 
