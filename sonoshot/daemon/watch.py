@@ -51,7 +51,7 @@ class DriftWatch:
                 self._flags = drift_flags(self.store)
             for entry in report:
                 flagged, before = entry.current.flagged, self._flags.get(entry.scanner.id, False)
-                if flagged:
+                if flagged and not before:
                     log.warning("scanner %d (%s) drifts: %s", entry.scanner.id, entry.scanner.device.describe(),
                                 ", ".join(entry.current.reasons))
                 if flagged != before:
