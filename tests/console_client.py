@@ -17,13 +17,14 @@ class ConsoleClient:
         self.base = base
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
         self.token: str | None = None
+        self.url = ""  # of the last answer, after redirects
 
     def _open(self, request: urllib.request.Request) -> tuple[int, bytes]:
         try:
             with self.opener.open(request, timeout=60) as response:
-                status, body = response.status, response.read()
+                status, body, self.url = response.status, response.read(), response.url
         except urllib.error.HTTPError as error:
-            status, body = error.code, error.read()
+            status, body, self.url = error.code, error.read(), error.url
         if match := _TOKEN.search(body.decode("utf-8", "replace")):
             self.token = match.group(1)
         return status, body

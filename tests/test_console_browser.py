@@ -6,73 +6,15 @@ token and an auditor trying an admin action are refused. Screenshots of the main
 
 from __future__ import annotations
 
-import io
-import os
-import shutil
-from pathlib import Path
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from sonoshot.cli import main
 from tests.busi_dicom import SITE_SCANNER, choose, study, support_groups
 from tests.peers import Orthanc, storescu, wait_for
 from tests.scenarios import acknowledged, orthanc_srs, pipeline
+from tests.browser import Console, add_users, screenshot_dir
 from tests.util import free_port, require_binary
-
-PASSWORDS = {"clara": "clinician-password-1", "audrey": "auditor-password-22", "adam": "admin-password-333"}
-ROLES = {"clara": "clinician", "audrey": "auditor", "adam": "admin"}
-
-
-@pytest.fixture
-def browser(tmp_path):
-    require_binary("chromium", "chromedriver")
-    options = Options()
-    options.binary_location = shutil.which("chromium")
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1280,1100", f"--user-data-dir={tmp_path / 'chromium'}"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
-
-
-class Console:
-    """The browser pointed at one daemon's console."""
-
-    def __init__(self, driver, base: str, shots: Path) -> None:
-        self.driver, self.base, self.shots = driver, base, shots
-
-    def open(self, path: str) -> None:
-        self.driver.get(self.base + path)
-
-    def text(self) -> str:
-        return self.driver.find_element(By.TAG_NAME, "body").text
-
-    def login(self, name: str, password: str | None = None) -> None:
-        self.open("/login")
-        self.driver.find_element(By.ID, "name").send_keys(name)
-        self.driver.find_element(By.ID, "password").send_keys(password or PASSWORDS[name])
-        self.driver.find_element(By.ID, "login").click()
-
-    def logout(self) -> None:
-        self.driver.find_element(By.ID, "logout").click()
-        assert "/login" in self.driver.current_url
-
-    def shot(self, name: str) -> None:
-        self.driver.save_screenshot(str(self.shots / f"{name}.png"))
-
-
-def _add_users(daemon, monkeypatch) -> None:
-    for name, password in PASSWORDS.items():
-        monkeypatch.setattr("sys.stdin", io.StringIO(password + "\n"))
-        assert main(["--config", str(daemon.config_path), "users", "add", name, "--role", ROLES[name],
-                     "--password-stdin"]) == 0
-
 
 def _feedback_rows(daemon) -> int:
     return daemon.query("select count(*) from feedback")[0][0]
@@ -93,9 +35,7 @@ def test_console_in_a_real_browser(tmp_path, busi, demo_bundle, browser, monkeyp
     for n, (example, label) in enumerate(((abnormal, "abnormal"), (normal, "normal"))):
         uid, path = study(busi, example, SITE_SCANNER, tmp_path / "studies", n)
         studies[uid] = (label, path)
-    shots = Path(os.environ.get("SONOSHOT_SCREENSHOTS") or tmp_path / "shots")
-    shots.mkdir(parents=True, exist_ok=True)
-    console = Console(browser, f"http://127.0.0.1:{port}", shots)
+    console = Console(browser, f"http://127.0.0.1:{port}", screenshot_dir(tmp_path))
     first, second = list(studies)
     try:
         with daemon:
@@ -103,7 +43,7 @@ def test_console_in_a_real_browser(tmp_path, busi, demo_bundle, browser, monkeyp
             assert set(acknowledged(result.stderr).values()) == {"Success"}, result.stderr
             wait_for(lambda: all(daemon.study_state(u) == "dead-letter" for u in studies), timeout=180, interval=0.5,
                      what="both studies dead-letter (the PACS is down)")
-            _add_users(daemon, monkeypatch)
+            add_users(daemon, monkeypatch)
 
             console.open("/studies")
             assert "/login" in browser.current_url
@@ -152,10 +92,9 @@ def test_console_in_a_real_browser(tmp_path, busi, demo_bundle, browser, monkeyp
             console.open("/performance")
             assert browser.find_element(By.CLASS_NAME, "labelled").text == "2"
             assert browser.find_element(By.CLASS_NAME, "auroc").text[:1] in "01"
-            console.shot("performance")
+            console.shot("performance-two-studies")
             console.open("/drift")
             assert "too-few" in browser.find_element(By.ID, "drift").text
-            console.shot("drift")
             console.logout()
 
             console.login("audrey")

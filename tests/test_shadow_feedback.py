@@ -15,7 +15,8 @@ from sonoshot.console.auth import allowed, hash_password, verify_password
 from sonoshot.db import users
 from sonoshot.db.lifecycle import OutboxState, StudyState
 from sonoshot.db.models import Result, utcnow
-from sonoshot.db.outbox import discard_held, held_count, hold_pending, release_held
+from sonoshot.db.outbox import discard_held, hold_pending, release_held
+from sonoshot.db.queries import queue_depths
 from sonoshot.db.validation import UnknownStudy, feedback_of, labelled_results
 from sonoshot.dicom_io.deid.phi import PhiStrings
 from sonoshot.dicom_io.spool import Spool
@@ -43,7 +44,7 @@ def test_shadow_holds_then_release_sends_each_latest_result_once(store):
     for n in (1, 2):
         receive(store, study_uid(n))
         drive(store, study_uid(n), StudyState.REPORTED)  # one pending delivery each
-    assert hold_pending(store, "pacs") == 2 and held_count(store) == 2
+    assert hold_pending(store, "pacs") == 2 and queue_depths(store)["held-deliveries"] == 2
     assert store.due_deliveries("pacs") == []  # nothing is due: nothing would be sent
     assert hold_pending(store, "pacs") == 0
     counts = release_held(store, "tester", until=utcnow() - timedelta(days=1))
@@ -92,7 +93,7 @@ def test_resend_of_a_study_leaves_held_deliveries_to_release(store):
     receive(store, uid)
     drive(store, uid, StudyState.REPORTED)
     hold_pending(store, "pacs")
-    assert store.requeue_dead_letters(uid) == 0 and held_count(store) == 1
+    assert store.requeue_dead_letters(uid) == 0 and queue_depths(store)["held-deliveries"] == 1
 
 
 PHI = PhiStrings(frozenset({"zwinglivarth", "hieronymus", "zwinglivarth^hieronymus"}), frozenset({"qx7734219k"}))

@@ -1,7 +1,8 @@
 """A simulated validation month at a site, end to end: a labelled BUSI-derived DICOM set streamed
 through a real ``sonoshot serve`` in shadow mode with a real Orthanc as the PACS, the labels
 imported from a CSV, ``sonoshot performance`` against eval-style scoring of the same images,
-the release of the held SRs, and scanner drift (a second, changed scanner)."""
+the release of the held SRs, and scanner drift (a second, changed scanner), also as the web
+console shows them in Chromium (the screenshots of docs/console/ with real figures)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,13 @@ from sonoshot.config import DetectorConfig
 from sonoshot.model import load_detector
 from sonoshot.model.evaluate import embed_examples
 from sonoshot.validation.stats import auroc
+from selenium.webdriver.common.by import By
+
+from tests.browser import Console, add_users, screenshot_dir
 from tests.busi_dicom import NEW_SCANNER, SITE_SCANNER, choose, study, support_groups
 from tests.peers import Orthanc, storescu, wait_for
 from tests.scenarios import acknowledged, http_get, orthanc_srs, pipeline
+from tests.util import free_port
 
 PER_CLASS = 24  # 48 labelled studies of the site's scanner, 24 of the changed one
 # OCR_FALSE_POSITIVE: the verifier's fuzzy match (rapidfuzz partial_ratio) scores 100 when the OCR
@@ -50,14 +55,15 @@ def _pacs_count(pacs: Orthanc) -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_validation_month_in_shadow_mode(tmp_path, busi, demo_bundle, capsys):
+def test_validation_month_in_shadow_mode(tmp_path, busi, demo_bundle, capsys, browser, monkeypatch):
     examples = choose(busi, PER_CLASS, support_groups(busi))
     halves = (examples[::2], examples[1::2])
     pacs = Orthanc(tmp_path / "orthanc")
     daemon = pipeline(tmp_path / "sonoshot", demo_bundle,
                       [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}],
                       delivery={"mode": "shadow"}, workers={"count": 2}, validation={"drift_interval_s": 1.0},
-                      deid={"ocr": False})  # OCR_FALSE_POSITIVE: a one-letter OCR text matches every name
+                      deid={"ocr": False},  # OCR_FALSE_POSITIVE: a one-letter OCR text matches every name
+                      console={"enabled": True, "port": free_port(), "secret_key_file": str(tmp_path / "console.key")})
     labels: dict[str, str] = {}
     files: list[list] = [[], [], []]
     for part, (chosen, scanner) in enumerate(((halves[0], SITE_SCANNER), (halves[1], SITE_SCANNER),
@@ -96,8 +102,9 @@ def test_validation_month_in_shadow_mode(tmp_path, busi, demo_bundle, capsys):
         eval_scores = detector.state.score(embed_examples(detector.backbone, busi, examples, None))
         eval_auroc = auroc(np.array([e.label for e in examples]), eval_scores)
         low, high = overall["auroc_ci"]
-        print(f"sonoshot performance AUROC {overall['auroc']:.4f} (95 % CI {low:.4f}-{high:.4f}); "
-              f"eval-style AUROC {eval_auroc:.4f} on {len(examples)} images")
+        with capsys.disabled():
+            print(f"\nsonoshot performance AUROC {overall['auroc']:.4f} (95 % CI {low:.4f}-{high:.4f}); "
+                  f"eval-style AUROC {eval_auroc:.4f} on {len(examples)} images")
         assert low <= eval_auroc <= high
         assert overall["auroc"] == pytest.approx(eval_auroc, abs=0.01)
 
@@ -138,3 +145,16 @@ def test_validation_month_in_shadow_mode(tmp_path, busi, demo_bundle, capsys):
         assert sorted(json.loads(d)["scanner"] for k, o, d in events if k == "scanner" and o == "first-seen") == \
             sorted([site, new])
         assert [json.loads(d)["scanner"] for k, o, d in events if k == "drift" and o == "flagged"] == [new]
+
+        # The console shows the same month.
+        add_users(daemon, monkeypatch)
+        console = Console(browser, f"http://127.0.0.1:{daemon.config['console']['port']}", screenshot_dir(tmp_path))
+        console.login("clara")
+        console.shot("overview")
+        console.open("/performance?since=7d&by=scanner")
+        assert browser.find_element(By.CLASS_NAME, "auroc").text.startswith(f"{overall['auroc']:.3f}")
+        console.shot("performance")
+        console.open("/drift")
+        assert browser.find_element(By.CSS_SELECTOR, f"#scanner-{new} .verdict").text.startswith("drift")
+        assert browser.find_element(By.CSS_SELECTOR, f"#scanner-{site} .verdict").text == "ok"
+        console.shot("drift")

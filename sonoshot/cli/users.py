@@ -28,6 +28,19 @@ def _password(from_stdin: bool) -> str:
     return password
 
 
+def _change(ctx: click.Context, action, *args) -> None:
+    """Run a :mod:`sonoshot.db.users` change on the daemon's database; a refusal exits with its message."""
+    from sonoshot.db.users import UserError
+
+    store = open_store(ctx)
+    try:
+        action(store, *args, getpass.getuser())
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        store.dispose()
+
+
 @click.group()
 def users() -> None:
     """Web console accounts."""
@@ -47,14 +60,7 @@ def add(ctx: click.Context, name: str, role: str, password_stdin: bool) -> None:
         check_name(name)
     except UserError as exc:
         raise click.BadParameter(str(exc), param_hint="NAME") from exc
-    digest = hash_password(_password(password_stdin))
-    store = open_store(ctx)
-    try:
-        add_user(store, name, role, digest, getpass.getuser())
-    except UserError as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        store.dispose()
+    _change(ctx, add_user, name, role, hash_password(_password(password_stdin)))
     click.echo(f"user {name} ({role}) added")
 
 
@@ -65,16 +71,9 @@ def add(ctx: click.Context, name: str, role: str, password_stdin: bool) -> None:
 def passwd(ctx: click.Context, name: str, password_stdin: bool) -> None:
     """Set a new password for NAME (and unlock it)."""
     from sonoshot.console.auth import hash_password
-    from sonoshot.db.users import UserError, set_password
+    from sonoshot.db.users import set_password
 
-    digest = hash_password(_password(password_stdin))
-    store = open_store(ctx)
-    try:
-        set_password(store, name, digest, getpass.getuser())
-    except UserError as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        store.dispose()
+    _change(ctx, set_password, name, hash_password(_password(password_stdin)))
     click.echo(f"password of {name} changed")
 
 
@@ -83,15 +82,9 @@ def passwd(ctx: click.Context, name: str, password_stdin: bool) -> None:
 @click.pass_context
 def remove(ctx: click.Context, name: str) -> None:
     """Delete the account NAME."""
-    from sonoshot.db.users import UserError, remove_user
+    from sonoshot.db.users import remove_user
 
-    store = open_store(ctx)
-    try:
-        remove_user(store, name, getpass.getuser())
-    except UserError as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        store.dispose()
+    _change(ctx, remove_user, name)
     click.echo(f"user {name} removed")
 
 

@@ -32,14 +32,13 @@ from sonoshot.db import queries, users
 from sonoshot.db.exports import audit_text, utc_text
 from sonoshot.db.lifecycle import StudyState
 from sonoshot.db.models import utcnow
-from sonoshot.db.outbox import held_count
 from sonoshot.db.store import Store
 from sonoshot.db.validation import UnknownStudy, feedback_of, labelled_results, observations, scanners
 from sonoshot.dicom_io.deid.keys import keyed_uid
 from sonoshot.dicom_io.pixels import UndecodableError
 from sonoshot.dicom_io.spool import Spool
 from sonoshot.model.inputs import dataset_frames
-from sonoshot.console.auth import allowed, needs_rehash, verify_password, hash_password
+from sonoshot.console.auth import allowed, hash_password, needs_rehash, verify_password
 from sonoshot.validation import plots
 from sonoshot.validation.drift import drift_report, load_reference
 from sonoshot.validation.feedback import FeedbackError, submit
@@ -168,7 +167,8 @@ def create_app(ctx: ConsoleContext) -> Flask:
         g.user, g.role = account.name, account.role
         audit("login")
         target = request.form.get("next", "")
-        return redirect(target if target.startswith("/") and not target.startswith("//") else url_for("index"))
+        local = target.startswith("/") and not target.startswith("//") and "\\" not in target
+        return redirect(target if local else url_for("index"))  # never to another site
 
     @app.post("/logout")
     def logout():
@@ -181,7 +181,7 @@ def create_app(ctx: ConsoleContext) -> Flask:
     @needs("view")
     def index():
         return render_template("index.html", depths=queries.queue_depths(store),
-                               by_state=queries.studies_by_state(store), held=held_count(store),
+                               by_state=queries.studies_by_state(store),
                                recent=queries.recent_studies(store, limit=10),
                                mode={d.name: ctx.config.delivery.mode_of(d) for d in ctx.config.delivery.destinations})
 
@@ -224,10 +224,12 @@ def create_app(ctx: ConsoleContext) -> Flask:
         try:
             submit(store, ctx.spool, uid, label, g.user, "console", request.remote_addr or "unknown", finding or None,
                    request.form.get("source") or None)
-        except (FeedbackError, UnknownStudy) as exc:
-            audit("feedback-refused", uid if not isinstance(exc, UnknownStudy) else None, reason=str(exc))
+        except UnknownStudy:
+            abort(404)
+        except FeedbackError as exc:
+            audit("feedback-refused", uid, reason=str(exc))
             flash(str(exc), "error")
-            return redirect(url_for("study", uid=uid)) if not isinstance(exc, UnknownStudy) else abort(404)
+            return redirect(url_for("study", uid=uid))
         audit("feedback", uid, label=label)
         flash(f"Label '{label}' recorded.", "ok")
         return redirect(url_for("study", uid=uid))
@@ -235,7 +237,7 @@ def create_app(ctx: ConsoleContext) -> Flask:
     @app.get("/queues")
     @needs("queues")
     def queues():
-        return render_template("queues.html", depths=queries.queue_depths(store), held=held_count(store),
+        return render_template("queues.html", depths=queries.queue_depths(store),
                                failed=views.failed_deliveries(store), problems=views.problem_studies(store))
 
     @app.post("/queues/resend")
@@ -247,7 +249,7 @@ def create_app(ctx: ConsoleContext) -> Flask:
         flash(f"{count} deliveries queued again.", "ok")
         return redirect(url_for("queues"))
 
-    def _performance(age: str, since: datetime, by: str | None):
+    def _performance(since: datetime, by: str | None):
         rows = labelled_results(store, since)
         return rows, performance_report(rows, by, limits.target_sensitivity, limits.bootstrap_resamples)
 
@@ -256,15 +258,15 @@ def create_app(ctx: ConsoleContext) -> Flask:
     def performance():
         age, since = _since(request.args.get("since"))
         by = request.args.get("by") if request.args.get("by") in GROUPINGS else None
-        rows, report = _performance(age, since, by)
+        rows, report = _performance(since, by)
         return render_template("performance.html", report=report, rows=rows, age=age, ages=list(_AGES), by=by,
                                groupings=GROUPINGS, target=limits.target_sensitivity)
 
     @app.get("/performance/<kind>.png")
     @needs("view")
     def performance_png(kind: str):
-        age, since = _since(request.args.get("since"))
-        rows, report = _performance(age, since, None)
+        _, since = _since(request.args.get("since"))
+        rows, report = _performance(since, None)
         overall = report[0] if report else None
         if kind == "roc":
             return Response(plots.roc_png(rows, overall), mimetype="image/png")

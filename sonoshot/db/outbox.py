@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sonoshot.db.lifecycle import OUTBOX_WAITING, OutboxState, StudyState
@@ -42,15 +42,6 @@ def hold_pending(store: Store, destination: str) -> int:
             s.add(Event(kind="delivery", outcome="held", study_instance_uid=row.result.study.study_instance_uid,
                         sop_instance_uid=row.result.sr_sop_instance_uid, detail={"destination": destination}))
         return len(rows)
-
-
-def held_count(store: Store, destination: str | None = None) -> int:
-    """Rows waiting in ``held`` (for one destination, or all)."""
-    query = select(func.count()).select_from(Delivery).where(Delivery.state == OutboxState.HELD.value)
-    if destination is not None:
-        query = query.where(Delivery.destination == destination)
-    with store.read_session() as s:
-        return s.scalar(query) or 0
 
 
 def _held(s: Session, since: datetime | None, until: datetime | None, destination: str | None) -> list[Delivery]:

@@ -182,6 +182,16 @@ def effective_size(weights: np.ndarray) -> float:
     return float(1.0 / np.sum(w ** 2))
 
 
+def _samples(sample: np.ndarray, reference: np.ndarray, weights: np.ndarray | None, what: str
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Float arrays, and the reference weights normalised (uniform when None)."""
+    sample, reference = np.asarray(sample, float), np.asarray(reference, float)
+    if not len(sample) or not len(reference):
+        raise ValueError(f"{what} needs a non-empty sample and reference")
+    weights = np.full(len(reference), 1.0) if weights is None else np.asarray(weights, float)
+    return sample, reference, weights / weights.sum()
+
+
 def ks_test(sample: np.ndarray, reference: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, float]:
     """Two-sample Kolmogorov-Smirnov test of ``sample`` against a (weighted) reference:
     ``(D, p)`` with the asymptotic p-value (Stephens' small-sample correction) at the
@@ -192,11 +202,7 @@ def ks_test(sample: np.ndarray, reference: np.ndarray, weights: np.ndarray | Non
     ValueError
         If either sample is empty.
     """
-    sample, reference = np.asarray(sample, float), np.asarray(reference, float)
-    if not len(sample) or not len(reference):
-        raise ValueError("a KS test needs a non-empty sample and reference")
-    weights = np.full(len(reference), 1 / len(reference)) if weights is None else np.asarray(weights, float)
-    weights = weights / weights.sum()
+    sample, reference, weights = _samples(sample, reference, weights, "a KS test")
     d = ks_statistic(sample, reference, weights)
     n, m = len(sample), effective_size(weights)
     en = math.sqrt(n * m / (n + m))
@@ -236,11 +242,7 @@ def psi(sample: np.ndarray, reference: np.ndarray, weights: np.ndarray | None = 
     ValueError
         If either sample is empty.
     """
-    sample, reference = np.asarray(sample, float), np.asarray(reference, float)
-    if not len(sample) or not len(reference):
-        raise ValueError("a PSI needs a non-empty sample and reference")
-    weights = np.full(len(reference), 1 / len(reference)) if weights is None else np.asarray(weights, float)
-    weights = weights / weights.sum()
+    sample, reference, weights = _samples(sample, reference, weights, "a PSI")
     if bins is None:
         bins = int(np.clip(effective_size(weights) // 4, 2, 10))
     edges = np.unique(weighted_quantiles(reference, weights, np.arange(1, bins) / bins))
