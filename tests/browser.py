@@ -15,6 +15,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from sonoshot.cli import main
+from tests.peers import wait_for
 from tests.util import require_binary
 
 PASSWORDS = {"clara": "clinician-password-1", "audrey": "auditor-password-22", "adam": "admin-password-333"}
@@ -46,6 +47,7 @@ def start_chromium(tmp_path: Path) -> webdriver.Chrome:
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     driver.set_page_load_timeout(60)
+    driver.implicitly_wait(5)  # an element of a page still loading after a click is waited for
     return driver
 
 
@@ -66,10 +68,12 @@ class Console:
         self.driver.find_element(By.ID, "name").send_keys(name)
         self.driver.find_element(By.ID, "password").send_keys(password or PASSWORDS[name])
         self.driver.find_element(By.ID, "login").click()
+        wait_for(lambda: self.driver.find_elements(By.ID, "login-error") or self.driver.find_elements(By.ID, "logout"),
+                 timeout=30, what="the login to be answered")
 
     def logout(self) -> None:
         self.driver.find_element(By.ID, "logout").click()
-        assert "/login" in self.driver.current_url
+        assert self.driver.find_element(By.ID, "login-form")
 
     def shot(self, name: str) -> None:
         """A screenshot of the whole page (the window grown to its height for the moment)."""

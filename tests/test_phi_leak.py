@@ -129,7 +129,8 @@ def _console_texts(daemon, studies: dict[str, tuple], capsys, monkeypatch) -> di
         clinician.get(f"/studies/{uid}")
         for finding in (f"mass, {name.split('^')[0]}", f"see {patient_id}", f"born {born:%d.%m.%Y}"):
             _, page = clinician.post(f"/studies/{uid}/feedback", {"label": "abnormal", "finding": finding})
-            texts[f"refused feedback page {uid}"] = page.decode()
+            assert "finding text refused" in page.decode()
+            texts[f"refused feedback page {uid} {finding[:4]}"] = page.decode()
     assert daemon.query("select count(*) from feedback") == [(0,)]  # every PHI finding was refused
     clinician.get(f"/studies/{uids[0]}")
     clinician.post(f"/studies/{uids[0]}/feedback", {"label": "abnormal", "finding": "solid mass 8 mm"})
@@ -153,6 +154,9 @@ def _console_texts(daemon, studies: dict[str, tuple], capsys, monkeypatch) -> di
             assert status in (200, 403), (name, path, status)
             if status == 200 and not path.endswith(".png"):
                 texts[f"console {path} as {role}"] = body.decode("utf-8", "replace")
+    for uid in uids:  # the pages searched really are the studies' pages
+        assert uid in texts[f"console /studies/{uid} as auditor"] and "Timeline" in texts[f"console /studies/{uid} as admin"]
+    assert "study_instance_uid,patient_pseudonym" in texts["console /audit/export?format=csv&since=7d as auditor"]
     for argv in (("performance", "--format", "json"), ("performance", "--by", "scanner"), ("drift", "--format", "json"),
                  ("audit", "export", "--format", "json"), ("users", "list")):
         texts[f"sonoshot {' '.join(argv)}"] = _cli(capsys, daemon, *argv)[1]
