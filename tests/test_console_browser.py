@@ -79,6 +79,8 @@ def test_console_in_a_real_browser(tmp_path, busi, demo_bundle, browser, monkeyp
             browser.find_element(By.ID, "submit-feedback").click()
             assert "CSRF token is missing" in browser.find_element(By.ID, "refused").text
             assert _feedback_rows(daemon) == 0
+            (detail,) = daemon.query("select detail from events where outcome = 'csrf-refused'")
+            assert '"user": "clara"' in detail[0]
 
             for uid, (label, _) in studies.items():
                 console.open(f"/studies/{uid}")
@@ -92,7 +94,6 @@ def test_console_in_a_real_browser(tmp_path, busi, demo_bundle, browser, monkeyp
             console.open("/performance")
             assert browser.find_element(By.CLASS_NAME, "labelled").text == "2"
             assert browser.find_element(By.CLASS_NAME, "auroc").text[:1] in "01"
-            console.shot("performance-two-studies")
             console.open("/drift")
             assert "too-few" in browser.find_element(By.ID, "drift").text
             console.logout()

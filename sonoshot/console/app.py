@@ -84,7 +84,6 @@ def create_app(ctx: ConsoleContext) -> Flask:
         SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_SECURE=tls, SESSION_COOKIE_NAME="sonoshot_session",
         PERMANENT_SESSION_LIFETIME=timedelta(minutes=ctx.config.console.session_minutes),
         WTF_CSRF_TIME_LIMIT=None, WTF_CSRF_SSL_STRICT=tls, MAX_CONTENT_LENGTH=64 * 1024)
-    CSRFProtect(app)
     store, limits = ctx.store, ctx.config.validation
 
     def audit(outcome: str, study_uid: str | None = None, **detail: Any) -> None:
@@ -105,6 +104,8 @@ def create_app(ctx: ConsoleContext) -> Flask:
             return
         g.user, g.role = account.name, account.role
         session["seen"] = datetime.now(timezone.utc).timestamp()
+
+    CSRFProtect(app)  # after load_user, so a refusal is audited with the user it came from
 
     @app.after_request
     def headers(response: Response) -> Response:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sonoshot.db.models import Event, Feedback, Observation, Result, Scanner, Study, utcnow
@@ -154,7 +155,18 @@ def _scanner(s: Session, device: Device, study_uid: str) -> int:
 
 def record_observations(store: Store, study: StudyRef, observations: Sequence[NewObservation]) -> None:
     """Replace the study's observations with those of its current generation; a device never seen
-    before becomes a scanner and an audit event ``scanner/first-seen``."""
+    before becomes a scanner and an audit event ``scanner/first-seen``.
+
+    On PostgreSQL two workers may meet the same new device at once: the loser of the insert
+    retries once and finds the winner's scanner.
+    """
+    try:
+        _record_observations(store, study, observations)
+    except IntegrityError:
+        _record_observations(store, study, observations)
+
+
+def _record_observations(store: Store, study: StudyRef, observations: Sequence[NewObservation]) -> None:
     with store.session() as s:
         s.execute(delete(Observation).where(Observation.study_id == study.id))
         for new in observations:
