@@ -65,6 +65,7 @@ def test_validation_month_in_shadow_mode(tmp_path, busi, demo_bundle, capsys, br
                       deid={"ocr": False},  # OCR_FALSE_POSITIVE: a one-letter OCR text matches every name
                       console={"enabled": True, "port": free_port(), "secret_key_file": str(tmp_path / "console.key")})
     labels: dict[str, str] = {}
+    image_of: dict[str, str] = {}  # study UID -> BUSI file, for the site scanner's studies
     files: list[list] = [[], [], []]
     for part, (chosen, scanner) in enumerate(((halves[0], SITE_SCANNER), (halves[1], SITE_SCANNER),
                                               (halves[1], NEW_SCANNER))):
@@ -73,6 +74,7 @@ def test_validation_month_in_shadow_mode(tmp_path, busi, demo_bundle, capsys, br
             files[part].append(path)
             if part < 2:
                 labels[uid] = "abnormal" if example.label else "normal"
+                image_of[uid] = example.file
     total = sum(len(f) for f in files)
 
     with pacs, daemon:
@@ -107,6 +109,10 @@ def test_validation_month_in_shadow_mode(tmp_path, busi, demo_bundle, capsys, br
                   f"eval-style AUROC {eval_auroc:.4f} on {len(examples)} images")
         assert low <= eval_auroc <= high
         assert overall["auroc"] == pytest.approx(eval_auroc, abs=0.01)
+        by_file = dict(zip([e.file for e in examples], eval_scores))
+        served = dict(daemon.query("select s.study_instance_uid, r.score from results r join studies s "
+                                   "on s.id = r.study_id"))
+        assert max(abs(served[uid] - by_file[file]) for uid, file in image_of.items()) < 1e-3
 
         # Back to send mode: still nothing leaves until released; then each SR once.
         daemon.config["delivery"]["mode"] = "send"

@@ -169,8 +169,8 @@ def drift(ctx: click.Context, since: datetime | None, fmt: str, plot_file: Path 
     now = datetime.now(timezone.utc)
     report = drift_report(rows, known, reference, config.validation, now, since)
     if plot_file is not None:
-        plot_file.write_bytes(plots.drift_png([r for r in rows if r.at >= (since or report[0].current.start)]
-                                              if report else [], known, reference))
+        start = report[0].current.start if report else now
+        plot_file.write_bytes(plots.drift_png([r for r in rows if r.at >= start], known, reference))
     if fmt == "json":
         click.echo(json.dumps({"reference": reference is not None, "scanners": drift_records(report)}, indent=2))
     elif not report:
