@@ -138,7 +138,9 @@ def test_validation_month_in_shadow_mode(tmp_path, busi, demo_bundle, capsys, br
         scanners = dict(daemon.query("select manufacturer, id from scanners"))
         site, new = scanners[SITE_SCANNER.manufacturer], scanners[NEW_SCANNER.manufacturer]
         for since in (None, second_half_from.isoformat()):
-            code, out = _cli(capsys, daemon, "drift", "--format", "json", *(("--since", since) if since else ()))
+            code, out = _cli(capsys, daemon, "drift", "--format", "json", "--plot", str(tmp_path / "drift.png"),
+                             *(("--since", since) if since else ()))
+            assert (tmp_path / "drift.png").read_bytes()[:4] == b"\x89PNG"
             verdicts = {s["scanner"]["id"]: s["current"] for s in json.loads(out)["scanners"]}
             assert code == 3
             assert verdicts[site]["verdict"] == "ok", verdicts[site]
