@@ -27,12 +27,16 @@ from sonoshot.config import Config
 from sonoshot.db.lifecycle import StudyState
 from sonoshot.daemon.routing import route
 from sonoshot.db.store import InstanceRef, NewResult, Store, StudyRef
+from sonoshot.db.validation import record_observations
 from sonoshot.dicom_io.deid import DeidPolicy, deidentify_file
 from sonoshot.dicom_io.pixels import UndecodableError
 from sonoshot.dicom_io.report import (ImageScoreRef, PredecessorRef, QuarantinedRef, StudyResult, VerdictValues,
                                       build_report, report_sop_instance_uid)
 from sonoshot.dicom_io.spool import Spool
 from sonoshot.model import Detector, ImageScore
+from sonoshot.model.inputs import dataset_frames
+from sonoshot.validation.imaging import image_stats
+from sonoshot.validation.observe import observations
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,7 @@ class _Scored:
     original: InstanceRef
     frames: tuple[int, ...]
     score: float
+    stats: tuple[int, int, float]  # rows, columns, brightness of the scored frames (drift)
 
 
 class DetectorSlot:
@@ -122,12 +127,14 @@ class StudyWorker:
         clean, quarantined = self._deidentify(study, instances)
         timings["deidentify"] = time.perf_counter() - started
         if not clean:
+            self._observe(study, headers, [], quarantined)
             self.store.move_study(study, StudyState.QUARANTINED,
                                   detail=f"{len(quarantined)} instance(s), none could be de-identified safely")
             return
         started = time.perf_counter()
         scored, quarantined = self._detect(detector, clean, quarantined)
         timings["detect"] = time.perf_counter() - started
+        self._observe(study, headers, scored, quarantined)
         if not scored:
             self.store.move_study(study, StudyState.QUARANTINED, detail="no instance could be scored")
             return
@@ -154,6 +161,13 @@ class StudyWorker:
                 quarantined.append(QuarantinedRef(instance.sop_instance_uid, outcome.reason or "quarantined"))
         return clean, quarantined
 
+    def _observe(self, study: StudyRef, headers: dict[str, Dataset], scored: list[_Scored],
+                 quarantined: list[QuarantinedRef]) -> None:
+        """Device, image statistics and score of each instance, for drift (:mod:`sonoshot.validation`)."""
+        record_observations(self.store, study, observations(
+            headers, [(s.original.sop_instance_uid, s.score, s.stats) for s in scored],
+            [(q.sop_instance_uid, q.reason) for q in quarantined]))
+
     def _quarantine_report(self, study: StudyRef, instance: InstanceRef, report: dict) -> None:
         """Leave the de-identifier's PHI-free report where an admin looks for quarantined instances;
         the instance itself stays in the spool, untouched."""
@@ -168,11 +182,12 @@ class StudyWorker:
         scored = []
         for original, path in clean:
             try:
-                (image,) = detector.score_dataset(dcmread(path))
+                frames = dataset_frames(dcmread(path), detector.config.frames_per_cine)
+                image = detector.score_image(frames)
             except UndecodableError as exc:
                 quarantined.append(QuarantinedRef(original.sop_instance_uid, f"not scored: {exc}"))
                 continue
-            scored.append(_Scored(original, image.frames, image.score))
+            scored.append(_Scored(original, image.frames, image.score, image_stats(frames.frames)))
         return scored, quarantined
 
     def _report(self, study: StudyRef, detector: Detector, scored: list[_Scored], quarantined: list[QuarantinedRef],
