@@ -13,6 +13,9 @@ and a bad key exits with 2.
 | :mod:`.admin` | ``status``, ``studies``, ``resend``, ``route``, ``echo`` |
 | :mod:`.audit` | ``audit export`` |
 | :mod:`.importer` | ``import folder``, ``import s3``, ``import pacs`` |
+| :mod:`.validation` | ``feedback``, ``performance``, ``drift`` |
+| :mod:`.shadow` | ``release`` |
+| :mod:`.users` | ``users add``, ``users passwd``, ``users remove``, ``users list`` |
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import sys
 import click
 
 from sonoshot import __version__
-from sonoshot.cli import admin, audit, deid, importer, model, serve
+from sonoshot.cli import admin, audit, deid, importer, model, serve, shadow, users, validation
 from sonoshot.config import ConfigError
 
 EXIT_CONFIG = 2
@@ -37,7 +40,9 @@ def cli(config_path: str | None) -> None:
 
 
 for _command in (serve.serve, deid.keygen, deid.anonymize, model.fit, model.eval_, model.model,
-                 admin.status, admin.studies, admin.resend, admin.route, admin.echo, audit.audit, importer.import_):
+                 admin.status, admin.studies, admin.resend, admin.route, admin.echo, audit.audit,
+                 validation.feedback, validation.performance, validation.drift, shadow.release, users.users,
+                 importer.import_):
     cli.add_command(_command)
 
 

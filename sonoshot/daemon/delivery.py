@@ -7,19 +7,22 @@ cluster mode: its own procrastinate queue), so a PACS that is down or slow never
 another. Failures back off exponentially up to a cap; after ``max_attempts`` (or a permanent
 refusal) a delivery becomes ``dead-letter`` until ``sonoshot resend`` puts it back. The SR's SOP
 Instance UID is deterministic, so a send repeated after a crash (even one between the PACS's
-acknowledgement and our commit) files no duplicate in the PACS.
+acknowledgement and our commit) files no duplicate in the PACS. A destination in shadow mode
+(``delivery.mode``) sends nothing: its due rows are held until ``sonoshot release``
+(:mod:`sonoshot.db.outbox`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from io import BytesIO
 
 from pydicom import dcmread
 
-from sonoshot.config import DeliveryConfig, Destination
+from sonoshot.config import Config, DeliveryConfig, Destination
 from sonoshot.db.lifecycle import OutboxState
+from sonoshot.db.outbox import hold_pending
 from sonoshot.db.store import DeliveryRef, Store
 from sonoshot.dicom_io.send import send_datasets
 from sonoshot.objects import Kind, ObjectNotFound, ObjectStore, ObjectStoreError
@@ -33,31 +36,36 @@ def backoff_s(attempts: int, delivery: DeliveryConfig) -> float:
 
 
 class DeliverStage:
-    """Sends claimed deliveries to the destinations configured by name."""
+    """Sends claimed deliveries to the destinations ``config`` names (``config`` is replaced on
+    reload: destinations, modes and retries follow it)."""
 
     name = "deliver"
 
-    def __init__(self, destinations: Sequence[Destination], store: Store, objects: ObjectStore,
-                 delivery: DeliveryConfig, calling_ae_title: str,
+    def __init__(self, config: Config, store: Store, objects: ObjectStore,
                  on_failure: Callable[[str], None] | None = None) -> None:
-        self.destinations = {d.name: d for d in destinations}
+        self.config = config
         self.store = store
         self.objects = objects
-        self.delivery = delivery
-        self.calling_ae_title = calling_ae_title
         self.on_failure = on_failure or (lambda _destination: None)
 
     def run(self, claim: DeliveryRef) -> None:
-        """Send one SR; the outcome is recorded under the claim's lease (a stale claim records nothing)."""
-        outcome = self._attempt(claim)
+        """Send one SR (hold it in shadow mode); the outcome is recorded under the claim's lease
+        (a stale claim records nothing)."""
+        destination = next((d for d in self.config.delivery.destinations if d.name == claim.destination), None)
+        if destination is not None and self.config.delivery.mode_of(destination) == "shadow":
+            held = hold_pending(self.store, destination.name)
+            if held:
+                log.info("shadow mode: %d SR(s) for %s held, not sent", held, destination.name)
+            return
+        outcome = self._attempt(claim, destination)
         if outcome is None:
             log.info("delivery %d: outcome dropped, the claim moved on (taken over after a stall)", claim.id)
         elif outcome is not OutboxState.DELIVERED:
             self.on_failure(claim.destination)
 
-    def _attempt(self, item: DeliveryRef) -> OutboxState | None:
+    def _attempt(self, item: DeliveryRef, destination: Destination | None) -> OutboxState | None:
         attempt = item.attempts + 1
-        destination = self.destinations.get(item.destination)
+        delivery = self.config.delivery
         if destination is None:
             return self.store.record_attempt(item, False, "no-destination",
                                              f"destination {item.destination!r} is not configured here", None)
@@ -66,15 +74,15 @@ class DeliverStage:
         except ObjectNotFound:
             return self.store.record_attempt(item, False, "no-file", "the SR is missing from the reports store", None)
         except ObjectStoreError as exc:  # the store is down: an attempt like a PACS that is down
-            retry = backoff_s(attempt, self.delivery) if attempt < self.delivery.max_attempts else None
+            retry = backoff_s(attempt, delivery) if attempt < delivery.max_attempts else None
             return self.store.record_attempt(item, False, "no-store", str(exc), retry)
-        outcome = send_datasets(destination, [sr], self.calling_ae_title)
+        outcome = send_datasets(destination, [sr], self.config.network.ae_title)
         status = ",".join("none" if s.status is None else f"0x{s.status:04X}" for s in outcome.statuses) or "none"
         if outcome.delivered:
             log.info("SR %s delivered to %s (attempt %d)", item.result.sr_sop_instance_uid, destination.name, attempt)
             return self.store.record_attempt(item, True, status, None, None)
-        retry = backoff_s(attempt, self.delivery) \
-            if outcome.transient and attempt < self.delivery.max_attempts else None
+        retry = backoff_s(attempt, delivery) \
+            if outcome.transient and attempt < delivery.max_attempts else None
         log.warning("SR %s to %s failed (attempt %d, %s): %s", item.result.sr_sop_instance_uid, destination.name,
                     attempt, "retry in %.0f s" % retry if retry is not None else "dead-letter", outcome.detail)
         return self.store.record_attempt(item, False, status, outcome.detail, retry)

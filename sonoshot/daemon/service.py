@@ -33,6 +33,7 @@ from sonoshot.daemon.delivery import DeliverStage
 from sonoshot.daemon.metrics import Metrics
 from sonoshot.daemon.stages import Carrier, InProcessCarrier, Periodic, Stage
 from sonoshot.daemon.uploader import Uploader
+from sonoshot.daemon.watch import DriftCollector, DriftWatch
 from sonoshot.daemon.worker import DeidStage, DetectorSlot, DetectStage
 from sonoshot.db.store import Store
 from sonoshot.db.work import ARCHIVE_QUEUE, WakeDeferrer, delivery_queue
@@ -55,6 +56,7 @@ class Plan:
 
     receiver: bool
     queues: tuple[str, ...]
+    deliver: bool = False  # all in one process, or a deliverer: destinations follow the configuration
 
     @property
     def deid(self) -> bool:
@@ -91,13 +93,21 @@ def plan(config: Config, role: str, queues: tuple[str, ...] = ()) -> Plan:
     if role == "worker":
         return Plan(False, queues or WORKER_QUEUES)
     if role == "deliverer":
-        return Plan(False, queues or every_queue[len(WORKER_QUEUES):])
-    return Plan(True, every_queue)
+        return Plan(False, queues or every_queue[len(WORKER_QUEUES):], deliver=True)
+    return Plan(True, every_queue, deliver=True)
 
 
 def node_name(config: Config) -> str:
     """This process's name in the database (associations, pending uploads)."""
     return config.cluster.node_name or f"{socket.gethostname()}:{config.network.port}"
+
+
+def start_console(config: Config, store: Store, spool: Spool, key: bytes):
+    """The web console on its own port (``console.*``), served from a background thread."""
+    from sonoshot.console.app import ConsoleContext, create_app
+    from sonoshot.console.server import ConsoleServer
+
+    return ConsoleServer(config.console, create_app(ConsoleContext(config, store, spool, key))).start()
 
 
 class Service:
@@ -134,6 +144,8 @@ class Service:
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry, self.store, config.storage.spool_dir,
                                [d.name for d in config.delivery.destinations])
+        self.drift = DriftWatch(self.store, lambda: self.config)
+        self.registry.register(DriftCollector(self.drift))
         self.detectors = DetectorSlot()
         self.stages = self._stages()
         self.carrier: Carrier | None = None
@@ -141,6 +153,7 @@ class Service:
             if self.cluster and self.plan.receiver else None
         self.server = None
         self.http: http.OpsServer | None = None
+        self.console = None
         self.threads: list[threading.Thread] = []
         self.stopping = threading.Event()
 
@@ -151,11 +164,8 @@ class Service:
             stages["deid"] = DeidStage(config, self.store, self.objects, self.key)
         if self.plan.detect:
             stages["detect"] = DetectStage(config, self.store, self.objects, self.detectors, self.metrics.observe_stage)
-        destinations = self.plan.destinations(config)
-        if destinations:
-            stages["deliver"] = DeliverStage([d for d in config.delivery.destinations if d.name in destinations],
-                                             self.store, self.objects, config.delivery, config.network.ae_title,
-                                             self.metrics.delivery_failed)
+        if self.plan.deliver:
+            stages["deliver"] = DeliverStage(config, self.store, self.objects, self.metrics.delivery_failed)
         return stages
 
     def _periodic(self) -> list[Periodic]:
@@ -165,6 +175,7 @@ class Service:
                      functools.partial(jobs.sweep_completion, self.store, config.completion)),
             Periodic("retention", retention.INTERVAL_S,
                      functools.partial(retention.purge_expired, self.store, self.objects, config.retention)),
+            Periodic("drift", config.validation.drift_interval_s, self.drift.run, at_start=True),
         ]
 
     def start(self) -> None:
@@ -198,6 +209,8 @@ class Service:
             self.server = start_scp(config.network, receiver)
         if config.http.enabled:
             self.http = http.start_http(config.http, self._checks(), self.registry)
+        if config.console.enabled and self.plan.receiver and not self.cluster:
+            self.console = start_console(config, self.store, self.spool, self.key)
         self.store.record_event("service", "started", detail={"role": self.role_text, "node": self.node})
 
     def _start_carrier(self) -> None:
@@ -253,13 +266,15 @@ class Service:
                 log.info("%d studies awaiting a detector requeued", requeued)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config file's routing rules and detector bundle."""
+        """SIGHUP: re-read the config file's routing rules, delivery modes and detector bundle."""
         try:
             fresh = load_config(self.config_path) if self.config_path else self.config
             self.config = fresh
             for stage in self.stages.values():
                 if hasattr(stage, "config"):
-                    stage.config = fresh
+                    stage.config = fresh  # routing rules; delivery modes (shadow <-> send) and destinations
+            if isinstance(self.carrier, InProcessCarrier):
+                self.carrier.sweep_destinations(self.plan.destinations(fresh))
             if self.plan.detect:
                 self.load_detector()
             self.store.record_event("service", "reloaded")
@@ -281,6 +296,9 @@ class Service:
         if self.carrier is not None:
             self.carrier.stop()
         self.store.record_event("service", "stopped", detail={"node": self.node})
+        if self.console is not None:
+            self.console.stop()
+            self.console = None
         if self.http is not None:
             self.http.stop()
             self.http = None

@@ -27,6 +27,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Protocol, TypeVar
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -72,6 +73,7 @@ class Periodic:
     name: str
     interval_s: float
     run: Callable[[], object]
+    at_start: bool = False  # in process: also once right at start (a cluster runs it at its next period)
 
     def __post_init__(self) -> None:
         if not self.interval_s > 0:
@@ -112,9 +114,10 @@ class InProcessCarrier:
         self.store = store
         self.deferrer = deferrer
         self.stages = dict(stages)
-        self.periodic = [*periodic, *(Periodic(f"deliver-{name}", delivery_interval_s,
-                                               lambda name=name: self.deliver_due(name))
-                                      for name in destinations if "deliver" in self.stages)]
+        self.periodic = list(periodic)
+        self.destinations = list(destinations)
+        self.delivery_interval_s = delivery_interval_s
+        self.swept: set[str] = set()
         self.threads_n = threads
         self.idle_s = idle_s
         self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
@@ -123,13 +126,28 @@ class InProcessCarrier:
 
     def start(self) -> None:
         for job in self.periodic:
-            self.scheduler.add_job(job.run, "interval", seconds=job.interval_s, id=job.name)
+            self._schedule(job)
+        self.sweep_destinations(self.destinations)
         self.scheduler.start()
         if any(stage in self.stages for stage in POOL_ORDER):
             for n in range(self.threads_n):
                 thread = threading.Thread(target=self._loop, name=f"worker-{n}", daemon=True)
                 thread.start()
                 self.threads.append(thread)
+
+    def _schedule(self, job: Periodic) -> None:
+        start = {"next_run_time": datetime.now(timezone.utc)} if job.at_start else {}
+        self.scheduler.add_job(job.run, "interval", seconds=job.interval_s, id=job.name, **start)
+
+    def sweep_destinations(self, names: Sequence[str]) -> None:
+        """Give each destination its outbox sweep; one added by a reload gets its own too."""
+        if "deliver" not in self.stages:
+            return
+        for name in names:
+            if name not in self.swept:
+                self._schedule(Periodic(f"deliver-{name}", self.delivery_interval_s,
+                                        lambda name=name: self.deliver_due(name)))
+                self.swept.add(name)
 
     def run_next(self) -> bool:
         """Claim and run one due study, if any; returns whether one was claimed."""

@@ -32,13 +32,17 @@ from sonoshot.config import Config
 from sonoshot.db.lifecycle import StudyState
 from sonoshot.daemon.routing import route
 from sonoshot.db.store import DeidRecord, InstanceRef, NewResult, Store, StudyRef
+from sonoshot.db.validation import record_observations
 from sonoshot.dicom_io.deid import DeidPolicy, deidentify_file
 from sonoshot.dicom_io.pixels import UndecodableError
 from sonoshot.dicom_io.report import (ImageScoreRef, PredecessorRef, QuarantinedRef, StudyResult, VerdictValues,
                                       build_report, report_sop_instance_uid)
 from sonoshot.model import Detector, ImageScore
+from sonoshot.model.inputs import dataset_frames
 from sonoshot.objects import Kind, ObjectStore, report_key, work_prefix
 from sonoshot.objects.folder import FolderStore
+from sonoshot.validation.imaging import image_stats
+from sonoshot.validation.observe import observations
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ class _Scored:
     original: InstanceRef
     frames: tuple[int, ...]
     score: float
+    stats: tuple[int, int, float]  # rows, columns, brightness of the scored frames (drift)
 
 
 class DetectorSlot:
@@ -100,8 +105,9 @@ class DeidStage:
         with contextlib.ExitStack() as stack:
             originals = {i.sop_instance_uid: stack.enter_context(self.objects.local_file(Kind.ORIGINALS, i.path))
                          for i in instances}
-            first = dcmread(originals[instances[0].sop_instance_uid], stop_before_pixels=True)
-            rule = route(first, study.calling_ae_title, study.called_ae_title, self.config.routing.rules)
+            headers = {uid: dcmread(path, stop_before_pixels=True) for uid, path in originals.items()}
+            rule = route(headers[instances[0].sop_instance_uid], study.calling_ae_title, study.called_ae_title,
+                         self.config.routing.rules)
             if rule.action == "ignore":
                 self.store.move_study(study, StudyState.IGNORED, detail=f"routing rule '{rule.name}'",
                                       route_rule=rule.name)
@@ -115,6 +121,9 @@ class DeidStage:
                      study.study_instance_uid)
             self.objects.delete_prefix(Kind.WORK, work_prefix(study.study_instance_uid, study.generation,
                                                               study.lease))
+        elif not any(o.ok for o in outcomes):  # quarantined: still observed, for drift
+            observe(self.store, study, headers, [], [QuarantinedRef(o.sop_instance_uid, o.reason or "quarantined")
+                                                     for o in outcomes])
 
     def _deidentify(self, study: StudyRef, instances: list[InstanceRef], originals: dict[str, Path]
                     ) -> list[DeidRecord]:
@@ -186,17 +195,20 @@ class DetectStage:
                  len(clean), study.generation, study.lease)
         scored, quarantined = self._detect(detector, clean, quarantined)
         timings["detect"] = time.perf_counter() - started
+        headers = {}  # the originals' headers: the SR's patient and study, the devices for drift
+        for instance in instances:
+            if not instance.file_missing:
+                with self.objects.local_file(Kind.ORIGINALS, instance.path) as path:
+                    headers[instance.sop_instance_uid] = dcmread(path, stop_before_pixels=True)
         if not scored:
-            self.store.move_study(study, StudyState.QUARANTINED, detail="no instance could be scored")
+            if self.store.move_study(study, StudyState.QUARANTINED, detail="no instance could be scored"):
+                observe(self.store, study, headers, [], quarantined)
             return
-        headers = {}
-        for s in scored:
-            with self.objects.local_file(Kind.ORIGINALS, s.original.path) as path:
-                headers[s.original.sop_instance_uid] = dcmread(path, stop_before_pixels=True)
         result = self._report(study, detector, scored, quarantined, headers, timings)
         for stage, seconds in timings.items():
             self.observe_stage(stage, seconds)
         if result:
+            observe(self.store, study, headers, scored, quarantined)
             log.info("study %s scored %.3f (%s), SR %s", study.study_instance_uid, result.score, result.verdict,
                      result.sr_sop_instance_uid)
 
@@ -206,11 +218,12 @@ class DetectStage:
         for original in clean:
             try:
                 with self.objects.local_file(Kind.WORK, original.work_path or "") as path:
-                    (image,) = detector.score_dataset(dcmread(path))
+                    frames = dataset_frames(dcmread(path), detector.config.frames_per_cine)
+                image = detector.score_image(frames)
             except UndecodableError as exc:
                 quarantined.append(QuarantinedRef(original.sop_instance_uid, f"not scored: {exc}"))
                 continue
-            scored.append(_Scored(original, image.frames, image.score))
+            scored.append(_Scored(original, image.frames, image.score, image_stats(frames.frames)))
         return scored, quarantined
 
     def _report(self, study: StudyRef, detector: Detector, scored: list[_Scored], quarantined: list[QuarantinedRef],
@@ -249,6 +262,15 @@ class DetectStage:
             self.objects.delete(Kind.REPORTS, [relative])
             return None
         return new
+
+
+def observe(store: Store, study: StudyRef, headers: dict[str, Dataset], scored: list[_Scored],
+            quarantined: list[QuarantinedRef]) -> None:
+    """Device, image statistics and score of each instance, for drift (:mod:`sonoshot.validation`);
+    recorded by the claim whose result (or quarantine) the store accepted."""
+    record_observations(store, study, observations(
+        headers, [(s.original.sop_instance_uid, s.score, s.stats) for s in scored],
+        [(q.sop_instance_uid, q.reason) for q in quarantined]))
 
 
 def _as_image_score(scored: _Scored) -> ImageScore:

@@ -8,9 +8,10 @@ The database is the queue. A study row moves
 ``processing`` is the de-identification stage at work (routing, working copies), ``deidentified``
 waits for the detect stage, ``detecting`` is the detect stage at work (scores, the SR). Side exits
 are ``ignored`` (routing), ``awaiting-detector`` (no detector yet; the working copies are kept),
-``quarantined`` (nothing could be de-identified safely), ``failed`` and ``dead-letter`` (delivery
-gave up). Each stage claims rows in one state and moves them on (:data:`STAGE_STATES`), so
-restart recovery is a query.
+``quarantined`` (nothing could be de-identified safely), ``failed``, ``dead-letter`` (delivery
+gave up) and ``withheld`` (shadow mode: its SRs were kept and discarded by ``sonoshot release
+--discard``, never sent). Each stage claims rows in one state and moves them on
+(:data:`STAGE_STATES`), so restart recovery is a query.
 """
 
 from __future__ import annotations
@@ -31,12 +32,19 @@ class StudyState(str, Enum):
     IGNORED = "ignored"
     QUARANTINED = "quarantined"
     FAILED = "failed"
+    WITHHELD = "withheld"
 
 
 class OutboxState(str, Enum):
     PENDING = "pending"
     DELIVERED = "delivered"
     DEAD_LETTER = "dead-letter"
+    HELD = "held"  # shadow mode: built and kept, not sent until released
+    WITHHELD = "withheld"  # a held SR that was discarded (or superseded) at release: never sent
+
+
+#: Outbox states that still wait for something: a study with one of these is not settled.
+OUTBOX_WAITING = frozenset({OutboxState.PENDING, OutboxState.HELD})
 
 
 S = StudyState
@@ -50,12 +58,13 @@ LEGAL_MOVES: dict[StudyState, frozenset[StudyState]] = {
     S.DEIDENTIFIED: frozenset({S.DETECTING}),
     S.DETECTING: frozenset({S.REPORTED, S.AWAITING_DETECTOR, S.QUARANTINED, S.FAILED, S.DEIDENTIFIED}),
     S.AWAITING_DETECTOR: frozenset({S.DEIDENTIFIED}),
-    S.REPORTED: frozenset({S.DELIVERED, S.DEAD_LETTER}),
+    S.REPORTED: frozenset({S.DELIVERED, S.DEAD_LETTER, S.WITHHELD}),
     S.DEAD_LETTER: frozenset({S.REPORTED}),
     S.DELIVERED: frozenset(),
     S.IGNORED: frozenset(),
     S.QUARANTINED: frozenset(),
     S.FAILED: frozenset({S.COMPLETE}),
+    S.WITHHELD: frozenset(),
 }
 
 #: Per processing stage: the state a study waits in for it, and the state it holds while the stage
@@ -67,7 +76,7 @@ STAGE_STATES: dict[str, tuple[StudyState, StudyState]] = {
 }
 
 #: States whose work is finished: the spool may be purged after the retention period.
-SETTLED = frozenset({S.DELIVERED, S.DEAD_LETTER, S.IGNORED, S.QUARANTINED, S.FAILED})
+SETTLED = frozenset({S.DELIVERED, S.DEAD_LETTER, S.IGNORED, S.QUARANTINED, S.FAILED, S.WITHHELD})
 
 
 class IllegalMove(ValueError):

@@ -1,7 +1,7 @@
 """cluster mode: stage leases (fencing), lanes, upload state, working-copy keys, receiver nodes
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0005
 Create Date: 2026-12-02
 
 Studies get ``lease`` (raised at each stage claim; a stage's writes must carry it), ``lane``
@@ -19,7 +19,7 @@ from alembic import op
 import sonoshot.db.models
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
