@@ -7,15 +7,18 @@ the server programs are missing the fixture skips, or fails in CI (``make test``
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from sqlalchemy import create_engine
 
 from tests.util import free_port
 
@@ -110,3 +113,18 @@ def postgres_url() -> Iterator[str]:
         if server is not None:
             server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str, prefix: str = "sonoshot") -> Iterator[str]:
+    """A new, empty database on the server of ``server_url`` (its URL), dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{server_url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with admin.connect() as c:
+            c.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.dispose()

@@ -9,15 +9,15 @@ record each run, so the tests can count what the carriers did.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from sonoshot.config import ClusterConfig
 from sonoshot.daemon.stages import InProcessCarrier, Periodic
@@ -25,7 +25,7 @@ from sonoshot.db.lifecycle import StudyState
 from sonoshot.db.store import DeidRecord, DeliveryRef, NewInstance, NewResult, Store, StudyRef
 from sonoshot.db.work import Lane, WakeDeferrer
 from tests.peers import wait_for
-from tests.postgres import postgres_url  # noqa: F401  (the session-scoped server fixture)
+from tests.postgres import fresh_database, postgres_url  # noqa: F401  (the session-scoped server fixture)
 
 PREFIX = "1.2.826.0.1.3680043.10.4322"
 _counter = iter(range(1, 10**9))
@@ -167,23 +167,14 @@ class Site:
 
 @pytest.fixture(params=["in-process", "procrastinate"])
 def site(request, tmp_path):
-    admin = name = None
-    if request.param == "in-process":
-        url = f"sqlite:///{tmp_path / 'sonoshot.db'}"
-    else:
-        server = request.getfixturevalue("postgres_url")
-        name = f"carriers_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(server, isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        url = f"{server.rsplit('/', 1)[0]}/{name}"
-    site = Site(request.param, url, tmp_path / "spool")
-    yield site
-    site.stop()
-    if admin is not None:
-        with admin.connect() as c:
-            c.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.dispose()
+    with contextlib.ExitStack() as stack:
+        if request.param == "in-process":
+            url = f"sqlite:///{tmp_path / 'sonoshot.db'}"
+        else:
+            url = stack.enter_context(fresh_database(request.getfixturevalue("postgres_url"), "carriers"))
+        site = Site(request.param, url, tmp_path / "spool")
+        yield site
+        site.stop()
 
 
 def _delivered(site: Site, uids: list[str], timeout: float = 60) -> None:

@@ -412,10 +412,11 @@ def test_completion_waits_for_pending_uploads(store):
     assert store.complete_quiet_studies(0, 0) == []  # even past the maximum wait
     assert store.complete_study(study) is None
     assert [i.sop_instance_uid for i in store.pending_uploads("rx-1")] == [sop]
+    assert store.pending_on(f"{study}/{sop}.dcm") == "rx-1"
     assert store.pending_uploads("rx-2") == []
     assert store.mark_uploaded(sop, "rx-2") is False
     assert store.mark_uploaded(sop, "rx-1") is True
-    assert store.upload_state(f"{study}/{sop}.dcm") == "uploaded"
+    assert store.pending_on(f"{study}/{sop}.dcm") is None
     assert [s.study_instance_uid for s in store.complete_quiet_studies(0, 3600)] == [study]
 
 

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from sonoshot.config import Destination, ObjectsConfig
 from sonoshot.daemon.archive import ArchiveImport
@@ -23,7 +23,7 @@ from sonoshot.objects.folder import FolderStore
 from sonoshot.objects.s3 import S3Store
 from tests.daemon import Daemon
 from tests.peers import Orthanc, wait_for
-from tests.postgres import postgres_url  # noqa: F401  (the session-scoped server fixture, by name below)
+from tests.postgres import fresh_database, postgres_url  # noqa: F401  (the session fixture, by name below)
 from tests.scenarios import SMALL_US, SMALL_US_MASK, make_study
 from tests.swift import swift_server  # noqa: F401  (the session-scoped server fixture, by name below)
 from tests.util import free_port
@@ -32,19 +32,12 @@ from tests.util import free_port
 @pytest.fixture
 def cluster_store(request):
     """A migrated store on a fresh PostgreSQL database with procrastinate's schema (cluster mode)."""
-    server = request.getfixturevalue("postgres_url")
-    name = f"import_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    store = Store(f"{server.rsplit('/', 1)[0]}/{name}", ProcrastinateDeferrer())
-    store.migrate()
-    apply_schema(store.engine)
-    yield store
-    store.dispose()
-    with admin.connect() as c:
-        c.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.dispose()
+    with fresh_database(request.getfixturevalue("postgres_url"), "import") as url:
+        store = Store(url, ProcrastinateDeferrer())
+        store.migrate()
+        apply_schema(store.engine)
+        yield store
+        store.dispose()
 
 
 def _archive(shared_dicom: Path, folder: Path, studies: int = 4, count: int = 2) -> list[str]:

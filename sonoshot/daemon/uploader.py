@@ -46,7 +46,7 @@ class Uploader:
         local copy of one that another receiver (or an earlier association) indexed first."""
         if new:
             self.wakeup.set()
-        elif self.store.upload_state(relative) != f"pending:{self.node}":
+        elif self.store.pending_on(relative) != self.node:
             self._drop(relative)
 
     def upload_pending(self) -> int:
@@ -77,7 +77,7 @@ class Uploader:
         between the upload's bookkeeping and the delete); returns how many."""
         dropped = 0
         for relative in self.store.known_paths(self.spool.stored_files()):
-            if self.store.upload_state(relative) != f"pending:{self.node}":
+            if self.store.pending_on(relative) != self.node:
                 self._drop(relative)
                 dropped += 1
         return dropped

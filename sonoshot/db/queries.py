@@ -31,7 +31,8 @@ DEID_EVENT_KIND = "deid"
 #: Event kind of the audit events retention writes.
 RETENTION_EVENT_KIND = "retention"
 #: Queues shown by ``sonoshot status`` and exported as ``sonoshot_queue_depth``.
-QUEUES = ("complete", "processing", "awaiting-detector", "pending-deliveries", "held-deliveries")
+QUEUES = ("complete", "processing", "deidentified", "detecting", "awaiting-detector", "pending-deliveries",
+          "held-deliveries")
 
 _CHUNK = 500  # values per IN (...) list, well under SQLite's variable limit
 _T = TypeVar("_T")

@@ -533,13 +533,11 @@ class Store:
                             detail={"node": node, "why": "not in the local spool before upload"}))
             return bool(done)
 
-    def upload_state(self, path: str) -> str | None:
-        """For a spool-relative path: None (no row), ``"pending:<node>"`` or ``"uploaded"``."""
+    def pending_on(self, path: str) -> str | None:
+        """The receiver node whose local spool holds the only copy of the instance at ``path``;
+        None when the object store has it or no row names the path."""
         with self.read_session() as s:
-            row = s.execute(select(Instance.pending_upload).where(Instance.path == path)).first()
-        if row is None:
-            return None
-        return "uploaded" if row.pending_upload is None else f"pending:{row.pending_upload}"
+            return s.scalar(select(Instance.pending_upload).where(Instance.path == path))
 
     # -- results and the outbox ------------------------------------------------------------
 
