@@ -14,9 +14,10 @@ database (no PACS), so the figures are receive → reported.
    minus the time its stages worked (de-identify + detect + report, as recorded), median: what
    carrying the work costs (claims, deferrals, fetches, object store transfers).
 3. Archive: ``--archive`` synthetic studies imported with ``sonoshot import folder`` into the
-   cluster (worker 1 takes ``deid,detect``, worker 2 ``archive,detect``), then live studies sent
-   one every ``--live-every`` seconds while the backlog is worked; live latency (last
-   acknowledgement → result) against the same live studies with no archive.
+   cluster, worked by an archive worker (``--queues archive,archive-detect``, ``nice 19``) beside
+   the live one (``deid,detect``); live studies sent one every ``--live-every`` seconds while
+   the backlog is worked. Live latency (last acknowledgement → result) against the same live
+   studies with the archive worker idle.
 
     .venv/bin/python bench/cluster.py [--studies 30] [--overhead 8] [--archive 1000] [--live 8]
 """
@@ -177,7 +178,8 @@ def main() -> int:
     try:
         cluster.add("rx", "receiver")
         cluster.add("w1", "worker", ("deid", "detect"))
-        cluster.add("w2", "worker", ("archive", "detect"))
+        cluster.add("w2", "worker", ("deid", "detect"))
+        cluster.add("archive", "worker", ("archive", "archive-detect"), nice=19)
         cluster.start("rx", "w1")
         site = cluster_site(cluster)
         port = cluster["rx"].port
@@ -185,17 +187,19 @@ def main() -> int:
         rows["cluster, 1 worker"] = {"studies/s": throughput(site, port, studies, args.studies)}
         rows["cluster, 1 worker"]["latency"], rows["cluster, 1 worker"]["overhead"] = overhead(
             site, port, studies, args.overhead)
-        cluster.start("w2")  # takes archive de-identification and any detect job
+        cluster.start("w2")
         rows["cluster, 2 workers"] = {"studies/s": throughput(site, port, studies, args.studies)}
+        cluster["w2"].stop()
+        cluster.start("archive")
         live_alone = live_latency(site, port, studies, args.live, args.live_every)
         archive = root / "archive"
         for uid, path in studies.make(args.archive):
             (archive / uid).mkdir(parents=True)
             shutil.move(path, archive / uid / path.name)
         started = time.time()
-        imported = subprocess.run([sys.executable, "-m", "sonoshot", "--config", str(cluster["w2"].config_path),
-                                   "import", "folder", str(archive)], capture_output=True, text=True, timeout=3600,
-                                  cwd=cluster["w2"].workdir)
+        imported = subprocess.run([sys.executable, "-m", "sonoshot", "--config",
+                                   str(cluster["archive"].config_path), "import", "folder", str(archive)],
+                                  capture_output=True, text=True, timeout=3600, cwd=cluster["archive"].workdir)
         import_s = time.time() - started
         if imported.returncode != 0:
             raise RuntimeError(f"import failed: {imported.stderr[-1000:]}")
@@ -212,8 +216,8 @@ def main() -> int:
           f"{args.studies} studies per batch, medians of {args.overhead} single studies")
     print(f"{'mode':<20}{'studies/s':>11}{'x in-proc':>11}{'latency s':>11}{'overhead s':>12}")
     for mode, row in rows.items():
-        print(f"{mode:<20}{row['studies/s']:>11.2f}{row['studies/s'] / base:>11.2f}"
-              f"{row.get('latency', float('nan')):>11.2f}{row.get('overhead', float('nan')):>12.2f}")
+        single = f"{row['latency']:>11.2f}{row['overhead']:>12.2f}" if "latency" in row else f"{'-':>11}{'-':>12}"
+        print(f"{mode:<20}{row['studies/s']:>11.2f}{row['studies/s'] / base:>11.2f}{single}")
     print(f"archive: {args.archive} studies imported (queued) in {import_s:.1f} s "
           f"({args.archive / import_s:.1f} studies/s); {archive_done} of them processed by the end")
     alone, busy = statistics.median(live_alone), statistics.median(live_with_archive)

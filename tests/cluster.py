@@ -57,9 +57,9 @@ class Cluster:
             config["detector"] = {"bundle": str(self.bundle)}
         return _merge(config, self.overrides)
 
-    def add(self, name: str, role: str, queues: tuple[str, ...] = ()) -> Daemon:
+    def add(self, name: str, role: str, queues: tuple[str, ...] = (), nice: int = 0) -> Daemon:
         folder = self.root / name
-        daemon = Daemon(folder, self.config(role, folder), role=role, queues=queues)
+        daemon = Daemon(folder, self.config(role, folder), role=role, queues=queues, nice=nice)
         self.daemons[name] = daemon
         return daemon
 

@@ -48,13 +48,14 @@ class Daemon:
     """``sonoshot serve`` in a subprocess; ``overrides`` are merged into its TOML config.
 
     ``role`` and ``queues`` are ``serve --role/--queues`` (cluster mode); a process without the
-    SCP is ready when its /healthz answers, one with it when it answers C-ECHO.
+    SCP is ready when its /healthz answers, one with it when it answers C-ECHO. ``nice`` runs it
+    at a lower CPU priority (``nice -n``).
     """
 
     def __init__(self, workdir: Path, overrides: dict[str, Any] | None = None, aet: str = "SONOSHOT",
-                 role: str = "all", queues: tuple[str, ...] = ()) -> None:
+                 role: str = "all", queues: tuple[str, ...] = (), nice: int = 0) -> None:
         self.workdir = workdir
-        self.role, self.queues = role, queues
+        self.role, self.queues, self.nice = role, queues, nice
         self.port = free_port()
         self.aet = aet
         workdir.mkdir(parents=True, exist_ok=True)
@@ -90,8 +91,9 @@ class Daemon:
         """Start the process without waiting for it (several can then start side by side)."""
         log = open(self.log_path, "ab")
         serve = ["serve", "--role", self.role, *(["--queues", ",".join(self.queues)] if self.queues else [])]
+        niced = ["nice", "-n", str(self.nice)] if self.nice else []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sonoshot", "--config", str(self.config_path), *serve],
+            [*niced, sys.executable, "-m", "sonoshot", "--config", str(self.config_path), *serve],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
     def wait_ready(self, timeout: float = 60.0) -> "Daemon":

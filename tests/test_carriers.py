@@ -142,7 +142,7 @@ class Site:
             from sonoshot.daemon.cluster import ProcrastinateCarrier
 
             carrier = ProcrastinateCarrier(self.url, CLUSTER, store, stages, jobs,
-                                           [["deid", "detect", "archive"], ["deliver-pacs"]], concurrency=2,
+                                           [["deid", "detect", "archive", "archive-detect"], ["deliver-pacs"]], concurrency=2,
                                            name=f"consumer-{len(self.carriers)}")
         carrier.start()
         self.carriers.append((carrier, store))

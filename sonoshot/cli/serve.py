@@ -16,7 +16,8 @@ from sonoshot.daemon import ROLES
 @click.option("--role", type=click.Choice(ROLES), default="all", show_default=True,
               help="What this process runs; roles other than 'all' need [cluster] enabled = true.")
 @click.option("--queues", default="", metavar="Q1,Q2",
-              help="Worker or deliverer: the queues to take (deid, detect, archive, deliver-<destination>); "
+              help="Worker or deliverer: the queues to take (deid, detect, archive, archive-detect, "
+                   "deliver-<destination>); "
                    "default: all of the role's.")
 @click.pass_context
 def serve(ctx: click.Context, role: str, queues: str) -> None:

@@ -5,8 +5,9 @@ Archive runs: existing studies from a folder, an S3 prefix or a PACS (C-FIND/C-M
 pipeline in the *archive lane*. Each study's instances are stored under their usual keys and
 indexed (the instance rows are the record of the import), then the study is completed at once
 and its de-identification job deferred, with the study-row update, to the low-priority
-``archive`` queue under the queueing lock ``archive:<StudyInstanceUID>``. Live studies jump the
-whole backlog: every job of an archive study has a lower priority than any live job, and the
+``archive`` queue under the queueing lock ``archive:<StudyInstanceUID>`` (its detection goes to
+``archive-detect``). Live studies jump the whole backlog: every job of an archive study has a
+lower priority than any live job, a worker without the archive queues never takes one, and the
 in-process pool claims live studies first.
 
 An import is restartable: an instance already indexed is skipped, and a study already complete

@@ -10,8 +10,9 @@ any number of processes and machines.
   in the transaction that made it due (:mod:`sonoshot.db.cluster`). The task claims what the
   job names and runs the stage (:func:`~sonoshot.daemon.stages.run_job`), so a duplicate or
   obsolete job does nothing.
-* Queues: ``deid``, ``detect``, ``archive`` (de-identification of imported studies, lowest
-  priority), ``deliver-<destination>`` (one per destination), ``maintenance`` (periodic jobs).
+* Queues: ``deid``, ``detect``, ``archive`` and ``archive-detect`` (the stages of imported
+  studies, lowest priority), ``deliver-<destination>`` (one per destination), ``maintenance``
+  (periodic jobs).
   A process runs one procrastinate worker per queue group it was given, plus one on
   ``maintenance``, so a slow PACS or a long retention run holds up nothing else.
 * Periodic jobs are procrastinate periodic tasks: every worker's deferrer proposes each

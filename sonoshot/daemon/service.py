@@ -7,7 +7,7 @@ Wiring, start, reload, drain and stop of one sonoshot process in one *role*:
 |---|---|---|
 | ``all`` | everything below in one process (the embedded default: SQLite, spool, in-process pool) | |
 | ``receiver`` | the storage SCP; uploads from its local spool to the object store | PostgreSQL, object store |
-| ``worker`` | the ``deid``, ``detect`` and ``archive`` queues (``--queues``), the periodic jobs | PostgreSQL, object store |
+| ``worker`` | the ``deid``, ``detect``, ``archive`` and ``archive-detect`` queues (``--queues``), the periodic jobs | PostgreSQL, object store |
 | ``deliverer`` | one ``deliver-<destination>`` queue per destination | PostgreSQL, object store, PACS |
 
 The database is the only state the stages share; the service owns the threads: pynetdicom's
@@ -36,7 +36,7 @@ from sonoshot.daemon.uploader import Uploader
 from sonoshot.daemon.watch import DriftCollector, DriftWatch
 from sonoshot.daemon.worker import DeidStage, DetectorSlot, DetectStage
 from sonoshot.db.store import Store
-from sonoshot.db.work import ARCHIVE_QUEUE, WakeDeferrer, delivery_queue
+from sonoshot.db.work import ARCHIVE_DETECT_QUEUE, ARCHIVE_QUEUE, WakeDeferrer, delivery_queue
 from sonoshot.dicom_io.deid import DeidKeyError, load_key, ocr, patient_pseudonym
 from sonoshot.dicom_io.receive import Receiver, start_scp
 from sonoshot.dicom_io.spool import Spool
@@ -47,7 +47,7 @@ from sonoshot.objects import open_object_store
 log = logging.getLogger(__name__)
 
 #: The queues a worker takes by default.
-WORKER_QUEUES = ("deid", "detect", ARCHIVE_QUEUE)
+WORKER_QUEUES = ("deid", "detect", ARCHIVE_QUEUE, ARCHIVE_DETECT_QUEUE)
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Plan:
 
     @property
     def detect(self) -> bool:
-        return "detect" in self.queues
+        return "detect" in self.queues or ARCHIVE_DETECT_QUEUE in self.queues
 
     def destinations(self, config: Config) -> list[str]:
         return [d.name for d in config.delivery.destinations if delivery_queue(d.name) in self.queues]

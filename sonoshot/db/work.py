@@ -33,8 +33,9 @@ from sqlalchemy.engine import Connection
 STAGES = ("deid", "detect", "deliver")
 #: procrastinate task name per stage.
 TASK_NAMES = {stage: f"sonoshot.{stage}" for stage in STAGES}
-#: Queue of the de-identification jobs of archive studies (``sonoshot import``).
-ARCHIVE_QUEUE = "archive"
+#: Queues of the archive studies' stages (``sonoshot import``): a worker without them never takes
+#: archive work, so live studies keep capacity of their own.
+ARCHIVE_QUEUE, ARCHIVE_DETECT_QUEUE = "archive", "archive-detect"
 #: Job priorities (higher first): live studies jump any archive backlog.
 LIVE_PRIORITY, ARCHIVE_PRIORITY = 0, -10
 
@@ -84,8 +85,8 @@ class Job:
     def queue(self) -> str:
         if self.stage == "deliver":
             return delivery_queue(self.destination or "")
-        if self.stage == "deid" and self.lane is Lane.ARCHIVE:
-            return ARCHIVE_QUEUE
+        if self.lane is Lane.ARCHIVE:
+            return ARCHIVE_QUEUE if self.stage == "deid" else ARCHIVE_DETECT_QUEUE
         return self.stage
 
     @property
