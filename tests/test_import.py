@@ -105,6 +105,7 @@ def test_an_s3_prefix_import(cluster_store, shared_dicom, tmp_path, request):
     assert list(scratch.iterdir()) == []  # the downloads (PHI) are gone
 
 
+@pytest.mark.peers
 def test_a_pacs_import_by_c_find_and_c_move(cluster_store, shared_dicom, tmp_path):
     move_port = free_port()
     pacs = Orthanc(tmp_path / "orthanc", {"importer": ("IMPORTER", "127.0.0.1", move_port),  # where to move
@@ -127,6 +128,7 @@ def test_a_pacs_import_by_c_find_and_c_move(cluster_store, shared_dicom, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.peers
 def test_the_import_command_feeds_a_running_daemon(tmp_path, shared_dicom, demo_bundle):
     """``sonoshot import folder`` while the embedded daemon runs: the studies are processed, once."""
     uids = _archive(shared_dicom, tmp_path / "archive", studies=3, count=1)

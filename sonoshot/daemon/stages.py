@@ -38,7 +38,7 @@ from sonoshot.db.work import Job, WakeDeferrer
 
 log = logging.getLogger(__name__)
 
-ClaimT = TypeVar("ClaimT", StudyRef, DeliveryRef, contravariant=True)
+ClaimT = TypeVar("ClaimT", bound=StudyRef | DeliveryRef, contravariant=True)
 #: The order the in-process pool looks for work: a study further along first, so it leaves sooner.
 POOL_ORDER = ("detect", "deid")
 
