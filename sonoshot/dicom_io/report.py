@@ -567,6 +567,6 @@ def read_result(dataset: Dataset) -> StudyResult:
             algorithm_version=one(study, codes.DCM.AlgorithmVersion).TextValue,
             description=parameters.get("description", ""),
         )
-    except (AttributeError, IndexError, KeyError, StopIteration, TypeError) as exc:
+    except (AttributeError, IndexError, KeyError, StopIteration, TypeError, ValueError) as exc:
         raise ValueError(f'Argument "dataset" is not a sonoshot report: {exc!r}.') from exc
 
