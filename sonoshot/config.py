@@ -104,7 +104,7 @@ class DeidConfig:
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    bundle: str = ""  # detector bundle folder from `sonoshot fit`; empty: zero-shot or hold studies
+    bundle: str = ""  # detector bundle folder from `sonoshot fit`; "demo": the built-in demo; empty: zero-shot or hold studies
     backbone: str = "auto"  # auto: biomedclip when its files are present, else efficientnet-lite0
     biomedclip_path: str = ""  # local folder with BiomedCLIP's files (empty: Hugging Face cache)
     frames_per_cine: int = 4  # frames sampled evenly from each multi-frame instance
