@@ -117,6 +117,13 @@ class DetectorConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    not_analysed: bool = True  # send a "not analysed" SR when a study ends out of scope, quarantined or failed
+    key_image: bool = True  # send a Secondary Capture key image (map, regions, score) with each scored SR
+    max_regions: int = 3  # anomalous regions per flagged frame in the SR and key image (largest first); 0: none
+
+
+@dataclass(frozen=True)
 class RoutingRule:
     name: str = ""  # shown in logs, the database and `sonoshot route`
     action: Literal["process", "ignore"] = "process"
@@ -182,6 +189,7 @@ class Config:
     completion: CompletionConfig = field(default_factory=CompletionConfig)
     deid: DeidConfig = field(default_factory=DeidConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
@@ -205,6 +213,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "deid.ocr_max_frames": (1, 10**6),
     "deid.ocr_min_score": (50, 100),
     "detector.frames_per_cine": (1, 1000),
+    "report.max_regions": (0, 20),
 }
 
 
