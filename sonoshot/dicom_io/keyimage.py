@@ -6,7 +6,8 @@ highdicom's :class:`~highdicom.sc.SCImage`) in its own series of the original st
 frame showing the most anomalous scored frame with
 
 * the anomaly map as a translucent colour overlay (OpenCV's TURBO colour map; a pixel's opacity
-  grows with its map value, so low values barely tint the image),
+  grows with the square of its map value scaled to 0-1, so the upper part of the map shows and
+  low values barely tint the image),
 * the outline of each anomalous region (the SR's TID 1410 polygons) when the frame was flagged,
 * burned-in text: "NOT FOR DIAGNOSTIC USE" above the image, the score, threshold, verdict,
   frame and algorithm below it, and the detector's description when it has one.
@@ -128,7 +129,7 @@ def render_key_image(frame: np.ndarray, anomaly: np.ndarray, outlines: Sequence[
     level = (values - low) / (high - low) if high > low else np.zeros_like(values)
     level = cv2.resize(level, size, interpolation=cv2.INTER_LINEAR)
     colours = cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_TURBO)[:, :, ::-1]  # BGR -> RGB
-    opacity = (alpha * level)[:, :, None]
+    opacity = (alpha * level ** 2)[:, :, None]  # the upper part of the map shows, the rest barely tints
     image = (image * (1 - opacity) + colours.astype(np.float32) * opacity).round().astype(np.uint8)
     for outline in outlines:
         points = np.asarray(outline, dtype=np.float32).reshape(-1, 2) * factor  # pixel centres scale too
