@@ -5,7 +5,6 @@ with a "not analysed" SR; a reload that cleans the latter supersedes it."""
 
 from __future__ import annotations
 
-import io
 import signal
 import subprocess
 from pathlib import Path
@@ -18,34 +17,13 @@ from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 from sonoshot.dicom_io.not_analysed import read_not_analysed
 from sonoshot.dicom_io.report import read_result
 from tests.breast import breast_cine
-from tests.daemon import Daemon
 from tests.peers import Orthanc, dcmsend, wait_for
-from tests.scenarios import SMALL_US, SMALL_US_MASK, http_get, make_study
+from tests.scenarios import SMALL_US, SMALL_US_MASK, demo_pipeline, documents, http_get, make_study
 from tests.util import require_binary
 
 DEMO = "demo detector: breast, public data, not validated for this site"
 
 pytestmark = pytest.mark.slow
-
-
-def demo_pipeline(tmp_path: Path, pacs: Orthanc, **overrides) -> Daemon:
-    """sonoshot with the packaged demo detector, delivering to ``pacs``, which may send to it."""
-    config = {"completion": {"quiet_period_s": 0.5, "sweep_interval_s": 0.1},
-              "detector": {"bundle": "demo"},
-              "delivery": {"destinations": [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
-                                             "port": pacs.dicom_port}],
-                           "sweep_interval_s": 0.2, "backoff_initial_s": 0.5, "backoff_max_s": 1.0}}
-    config.update(overrides)
-    daemon = Daemon(tmp_path / "sonoshot", config)
-    pacs.modalities["sonoshot"] = (daemon.aet, "127.0.0.1", daemon.port)
-    return daemon
-
-
-def documents(pacs: Orthanc, study_uid: str, count: int) -> list[pydicom.Dataset]:
-    """The instances sonoshot sent into the study (SR and key images), once there are ``count``."""
-    ours = [pydicom.dcmread(io.BytesIO(pacs.rest(f"/instances/{i['ID']}/file")))
-            for i in pacs.instances_in_study(study_uid) if i.get("Modality") in ("SR", "OT")]
-    return ours if len(ours) == count else []
 
 
 def dciodvfy_errors(ds: pydicom.Dataset, path: Path) -> list[str]:

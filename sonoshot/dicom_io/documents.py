@@ -267,7 +267,7 @@ def comprehensive_sr(
         ref.StudyInstanceUID = study_instance_uid
         previous = [ref]
     series_uid, series_number, series_description = series
-    return hd.sr.ComprehensiveSR(
+    sr = hd.sr.ComprehensiveSR(
         evidence=evidence,
         content=content,
         series_instance_uid=series_uid,
@@ -290,6 +290,8 @@ def comprehensive_sr(
             )
         ],
     )
+    sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime  # PACS list a series by its date
+    return sr
 
 
 def parse_measurement_report(dataset: Any) -> hd.sr.ComprehensiveSR:

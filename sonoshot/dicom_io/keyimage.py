@@ -191,6 +191,7 @@ def build_key_image(original: Dataset, pixels: np.ndarray, sop_instance_uid: str
     image.PatientOrientation = original.get("PatientOrientation", "")  # Type 2: empty when unknown
     if "Laterality" not in image:
         image.Laterality = ""  # Type 2C: unknown whether the body part is paired
+    image.SeriesDate, image.SeriesTime = image.ContentDate, image.ContentTime  # PACS list a series by its date
     image.BurnedInAnnotation = "YES"
     image.ConversionType = "WSD"  # workstation (PS3.3 C.8.6.1)
     where = f"frame {source_frame}" if source_frame is not None else "the image"
