@@ -20,7 +20,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, UltrasoundMultiFrameImageStorage, generate_uid
 
 LESION = "malignant_106"  # BUSI: a lesion the demo detector flags; its mask is masks/malignant_106.png
-PATIENT = ("Moreau^Elodie", "PID-48213")
+PATIENT = ("Moreau", "PID-48213")  # one name component, as some devices write it (no caret)
 
 
 def lesion_frames(busi: Path, name: str = LESION, frames: int = 3, step: int = 4) -> list[np.ndarray]:

@@ -88,8 +88,7 @@ def split_by_scope(detector: Detector, instances: Sequence[InstanceRef], headers
         if problem is None:
             inside.append(instance)
         else:
-            outside.append(Excluded(instance, NotAnalysedReason.OUTSIDE_SCOPE, f"outside the detector's scope: "
-                                                                               f"{problem}"))
+            outside.append(Excluded(instance, NotAnalysedReason.OUTSIDE_SCOPE, problem))
     return inside, outside
 
 

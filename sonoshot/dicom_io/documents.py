@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,12 @@ PROCEDURE = codes.SCT.Ultrasonography  # (310169008, SCT, "Ultrasonography")
 COMMENT = codes.DCM.Comment  # (121106, DCM, "Comment")
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 UID_NAMESPACE = uuid.UUID("5f1c8a3e-2b7d-4c59-9a61-0d3e8f6b2c47")  # sonoshot's name-based UIDs, fixed forever
+
+# highdicom warns about a person name without a caret ("PLA") with the name in the message, and
+# Python prints warnings to stderr, which is the daemon's log: the name would leak there. The
+# name is copied as received; the warning is never shown.
+warnings.filterwarnings("ignore", message=r"The string .* is unlikely to represent the intended person name",
+                        category=UserWarning, module=r"highdicom\.")
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # PS3.5 9.1, leniently: real devices write leading zeros
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
