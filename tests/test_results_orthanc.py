@@ -95,7 +95,10 @@ def test_breast_cine_gets_regions_and_a_key_image_and_an_echo_is_not_analysed(tm
 def test_quarantined_study_gets_a_not_analysed_sr_that_a_reload_supersedes(tmp_path, shared_dicom):
     require_binary("dciodvfy")
     pacs = Orthanc(tmp_path / "orthanc")
-    daemon = demo_pipeline(tmp_path, pacs)  # no pixel mask: SMALL_US has no ultrasound regions
+    # SMALL_US has no ultrasound regions, and the mask configured for its device is wrong (its box
+    # lies outside the 640 x 480 image): the instance cannot be cleaned, so it is quarantined.
+    wrong_mask = {**SMALL_US_MASK, "keep": [[600, 400, 700, 500]]}
+    daemon = demo_pipeline(tmp_path, pacs, deid={"pixel_masks": [wrong_mask]})
     study, files = make_study(shared_dicom / SMALL_US, tmp_path / "study")
     with pacs, daemon:
         assert dcmsend(daemon.port, list(files)).returncode == 0
@@ -107,7 +110,7 @@ def test_quarantined_study_gets_a_not_analysed_sr_that_a_reload_supersedes(tmp_p
         assert dciodvfy_errors(first, tmp_path / "first.dcm") == []
         assert daemon.study_state(study) == "quarantined"
 
-        daemon.config["deid"]["pixel_masks"] = [SMALL_US_MASK]
+        daemon.config["deid"]["pixel_masks"] = [SMALL_US_MASK]  # the mask corrected
         daemon.config_path.write_text(tomli_w.dumps(daemon.config))
         daemon.process.send_signal(signal.SIGHUP)
         sent = wait_for(lambda: documents(pacs, study, 3), timeout=180, interval=0.5,
