@@ -291,3 +291,27 @@ def text_instance(case: TextCase, template: Path, frames: int = 2) -> pydicom.Fi
     ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Kovacs^Ilona", PATIENT_ID, "19700315"
     ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[case.base, str(id(case))])
     return ds
+
+
+# --- the real ultrasound files on hand -----------------------------------------------------------
+
+#: Text burned into the pixels of the real files that their headers do not all carry (names,
+#: clinic); every cleaned output is searched for all of them, whatever the file.
+BURNED_ELSEWHERE = ("elek", "teszt", "lastname", "firstname", "eredita", "giuseppe", "scatamacchia",
+                    "vittoria", "baptist", "westway", "szent")
+
+
+def real_us_files(shared_dicom: Path, testdata: Callable[[str], Path]) -> list[Path]:
+    """Every real ultrasound file here: the shared ones, then pydicom's and pydicom-data's test
+    files whose Modality is US (their folders are listed, nothing is downloaded)."""
+    folders = {testdata("examples_ybr_color.dcm").parent, testdata("color3d_jpeg_baseline.dcm").parent}
+    found = []
+    for folder in sorted(folders):
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            try:
+                header = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:  # noqa: BLE001 - the folders hold non-DICOM files too
+                continue
+            if header.get("Modality") == "US":
+                found.append(path)
+    return sorted(p for p in shared_dicom.iterdir() if p.is_file()) + found

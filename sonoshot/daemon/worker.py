@@ -27,7 +27,7 @@ from sonoshot.config import Config
 from sonoshot.db.lifecycle import StudyState
 from sonoshot.daemon.routing import route
 from sonoshot.db.store import InstanceRef, NewResult, Store, StudyRef
-from sonoshot.dicom_io.deid import DeidPolicy, deidentify_file
+from sonoshot.dicom_io.deid import DeidOutcome, DeidPolicy, deidentify_file
 from sonoshot.dicom_io.pixels import UndecodableError
 from sonoshot.dicom_io.report import (ImageScoreRef, PredecessorRef, QuarantinedRef, StudyResult, VerdictValues,
                                       build_report, report_sop_instance_uid)
@@ -144,7 +144,10 @@ class StudyWorker:
         shutil.rmtree(out_dir, ignore_errors=True)  # a requeued study starts its working copies afresh
         clean, quarantined = [], []
         for instance in instances:
-            outcome = deidentify_file(self.spool.path(instance.path), out_dir, self.policy, self.key)
+            try:
+                outcome = deidentify_file(self.spool.path(instance.path), out_dir, self.policy, self.key)
+            except Exception as exc:  # one instance must not fail the study: it is quarantined
+                outcome = DeidOutcome.internal_error(exc)
             self.store.record_deid(study, instance.sop_instance_uid, outcome.ok, outcome.reason)
             if outcome.ok and outcome.output is not None:
                 clean.append((instance, outcome.output))

@@ -85,6 +85,13 @@ class DeidOutcome:
     text_boxes: int = 0  # burned-in text boxes blanked inside the kept area
     report: dict[str, object] = field(default_factory=dict)
 
+    @classmethod
+    def internal_error(cls, exc: BaseException, uid: str | None = None,
+                       report: dict[str, object] | None = None) -> DeidOutcome:
+        """The quarantine for an unexpected exception: named by its type only (its message may hold PHI)."""
+        return _quarantine(dict(report or {}), QuarantineReason.INTERNAL_ERROR, f"internal error: {type(exc).__name__}",
+                           uid)
+
 
 def _quarantine(report: dict[str, object], code: QuarantineReason, reason: str, uid: str | None,
                 area: KeepArea | None = None) -> DeidOutcome:
@@ -186,7 +193,7 @@ def deidentify_file(src: Path, out_dir: Path, policy: DeidPolicy, key: bytes) ->
     except (DeidKeyError, OSError):
         raise
     except Exception as exc:  # one bad file must not stop a batch: quarantined, named by type only
-        return _quarantine(report, QuarantineReason.INTERNAL_ERROR, f"internal error: {type(exc).__name__}", uid)
+        return DeidOutcome.internal_error(exc, uid, report)
 
 
 def _clean_and_verify(source: Dataset, out: Dataset, phi: PhiStrings, out_dir: Path, policy: DeidPolicy,

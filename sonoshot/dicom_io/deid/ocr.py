@@ -37,14 +37,15 @@ def _grey8(frame: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).convert("L"))
 
 
-def _tesseract(image: np.ndarray, psm: int) -> str:
+def _tesseract(image: np.ndarray, psm: int, output: str = "") -> str:
     if shutil.which(TESSERACT) is None:
         raise OcrUnavailableError("tesseract is not installed: OCR verification fails closed")
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     try:
         result = subprocess.run(
-            [TESSERACT, "stdin", "stdout", "--psm", str(psm)], input=buffer.getvalue(), capture_output=True,
+            [TESSERACT, "stdin", "stdout", "--psm", str(psm), *([output] if output else [])],
+            input=buffer.getvalue(), capture_output=True,
             timeout=TIMEOUT_S, check=False, env={**os.environ, "OMP_THREAD_LIMIT": "1"},
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -65,15 +66,20 @@ def ocr_text(frame: np.ndarray) -> str:
     return _tesseract(_grey8(frame), 11)
 
 
-def ocr_line(crop: np.ndarray) -> str:
-    """The text tesseract reads in a crop holding one line (``--psm 7``).
+def ocr_words(crop: np.ndarray) -> list[tuple[str, float]]:
+    """The words tesseract reads in a crop holding one line (``--psm 7``), with their confidence (0-100).
 
     Raises
     ------
     OcrUnavailableError
         If tesseract is missing, times out or exits with an error.
     """
-    return _tesseract(np.pad(_grey8(crop), 8), 7)
+    words = []
+    for line in _tesseract(np.pad(_grey8(crop), 8), 7, "tsv").splitlines()[1:]:
+        fields = line.split("\t")
+        if len(fields) == 12 and fields[11].strip():
+            words.append((fields[11].strip(), float(fields[10])))
+    return words
 
 
 def tile(frames: list[np.ndarray]) -> np.ndarray:

@@ -49,7 +49,7 @@ _PALETTE_TAGS = (0x00281101, 0x00281102, 0x00281103, 0x00281104, 0x00281199, 0x0
 #: The keep-area methods, as the report and ``sonoshot anonymize`` name them.
 METHODS = ("regions", "clipped regions", "device mask", "text-only", "none (cleaning off)")
 TEXT_MARGIN = 2  # pixels added around every grown text box
-TEXT_ROUNDS = 3  # detection passes per frame: the original, then as blanked so far
+TEXT_ROUNDS = 6  # most detection passes per frame: the original, then as blanked so far
 
 
 class PixelCleaningError(ValueError):
@@ -113,10 +113,11 @@ def keep_area(ds: Dataset, clean: bool, masks: Sequence[PixelMask]) -> KeepArea:
 def find_text(ds: Dataset, area: KeepArea, indices: Sequence[int], detector: TextDetector) -> KeepArea:
     """``area`` with the text found on frames ``indices`` inside its kept part blanked.
 
-    Each frame is searched whole first (the detector needs the context), then again as it will
-    be written (outside the keep area and the boxes found so far black), up to
-    :data:`TEXT_ROUNDS` times or until nothing new is found: blanking changes the context, and
-    marks next to removed text (labels, body markers) only score as text once it is gone. The
+    Each frame is searched whole first, in both views (the detector needs the context), then
+    again as it will be written (outside the keep area and the boxes found so far black, plain
+    view), until a pass finds nothing new (at most :data:`TEXT_ROUNDS` passes): blanking
+    changes the context, and marks next to removed text (labels, body markers) only score as
+    text once it is gone. The
     boxes of all frames are united, grown (:func:`.textdetect.grow` plus :data:`TEXT_MARGIN`),
     and every connected group of grown boxes that touches the kept area becomes one blanked
     rectangle.
@@ -133,9 +134,9 @@ def find_text(ds: Dataset, area: KeepArea, indices: Sequence[int], detector: Tex
     found = np.zeros((rows, columns), dtype=bool)
     for frame in iter_frames(ds, indices):
         view = frame
-        for _round in range(TEXT_ROUNDS):
+        for round_ in range(TEXT_ROUNDS):
             new = 0
-            for box in detector.detect(view, CLEAN_SCORE):
+            for box in detector.detect(view, CLEAN_SCORE, views=2 if round_ == 0 else 1):
                 x0, y0, x1, y1 = grow(box, rows, columns, TEXT_MARGIN)
                 new += not found[y0:y1 + 1, x0:x1 + 1].all()
                 found[y0:y1 + 1, x0:x1 + 1] = True

@@ -144,10 +144,13 @@ class TextDetector:
         with self._lock:  # one session, used from any thread
             return self._session.run(None, {self._input: np.ascontiguousarray(tensor)})[0][0, 0]
 
-    def detect(self, frame: np.ndarray, min_score: float = CLEAN_SCORE) -> list[TextBox]:
-        """Text boxes on ``frame`` in both views (kernel bounds in frame pixels), score ``min_score`` or more."""
+    def detect(self, frame: np.ndarray, min_score: float = CLEAN_SCORE, views: int = 2) -> list[TextBox]:
+        """Text boxes on ``frame`` (kernel bounds in frame pixels) whose score is ``min_score`` or more.
+
+        ``views`` 2 searches the frame and its top-hat; 1 only the frame.
+        """
         rgb = to_rgb8(frame)
-        return self._boxes(rgb, min_score) + self._boxes(top_hat(rgb), min_score)
+        return self._boxes(rgb, min_score) + (self._boxes(top_hat(rgb), min_score) if views == 2 else [])
 
     def _boxes(self, frame: np.ndarray, min_score: float) -> list[TextBox]:
         rows, columns = frame.shape[:2]

@@ -29,7 +29,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from ..pixels import frame_count, frame_format, iter_frames
-from .ocr import OcrUnavailableError, find_phi, ocr_frames, ocr_line
+from .ocr import OcrUnavailableError, find_phi, ocr_frames, ocr_words
 from .phi import PhiStrings, searchable
 from .pixels_clean import black
 from .readouts import classify
@@ -172,7 +172,7 @@ def check_text(frames: list[np.ndarray], indices: list[int], detector: TextDetec
             rows, columns = frame.shape[:2]
             for box in detector.detect(frame, VERIFY_SCORE):
                 x0, y0, x1, y1 = grow(box, rows, columns, 2)
-                kinds[classify(ocr_line(frame[y0:y1 + 1, x0:x1 + 1]))] += 1
+                kinds[classify(ocr_words(frame[y0:y1 + 1, x0:x1 + 1]))] += 1
     except OcrUnavailableError as exc:
         verdict.failures.append(f"text: {exc}")
         verdict.checks["text"] = "unavailable"
