@@ -130,9 +130,14 @@ def self_test(min_score: float) -> None:
 
 
 def find_phi(text: str, targets: Iterable[str], min_score: float) -> list[str]:
-    """The targets found in ``text`` by rapidfuzz ``partial_ratio`` ≥ ``min_score`` (lower-cased)."""
+    """The targets found in ``text`` by rapidfuzz ``partial_ratio`` ≥ ``min_score`` (lower-cased).
+
+    Text shorter than a target is compared whole (``ratio``): ``partial_ratio`` would find the
+    two letters "we" inside "westway".
+    """
     haystack = " ".join(text.lower().split())
-    return sorted(t for t in targets if fuzz.partial_ratio(t, haystack, score_cutoff=min_score))
+    return sorted(t for t in targets
+                  if (fuzz.partial_ratio if len(haystack) >= len(t) else fuzz.ratio)(t, haystack, score_cutoff=min_score))
 
 
 def sample_indices(count: int, at_most: int) -> list[int]:
