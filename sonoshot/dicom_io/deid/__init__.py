@@ -13,6 +13,7 @@ output. Anything that fails a check is quarantined with a reason; nothing passes
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -25,7 +26,7 @@ from pydicom.sequence import Sequence
 
 from sonoshot import __version__
 
-from ..pixels import UndecodableError, UnsupportedTransferSyntaxError, frame_count
+from ..pixels import UndecodableError, UnsupportedTransferSyntaxError, frame_count, iter_frames
 from .header import deidentify_header
 from .keys import DeidKeyError, keyed_uid, load_key, patient_pseudonym
 from .ocr import sample_indices, verify_indices
@@ -158,6 +159,20 @@ def _provenance(out: Dataset, policy: DeidPolicy, pixels_cleaned: bool) -> list[
     return done
 
 
+#: The OCR checks run here, beside the pixel check of the same file: tesseract is another
+#: process and onnxruntime releases the GIL, so the two use both cores of a small machine.
+_VERIFIER_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deid-ocr")
+
+
+def _read_frames(written: Dataset, sample: list[int], phi: PhiStrings, policy: DeidPolicy, text_only: bool,
+                 verdict: Verdict) -> None:
+    """The verifier's reading of the output: tesseract for PHI, and for text-only the detector."""
+    frames = list(iter_frames(written, sample))
+    check_ocr(frames, sample, phi, policy.ocr_min_score, verdict)
+    if text_only:
+        check_text(frames, sample, text_detector(policy.text_threads), verdict)
+
+
 def deidentify_file(src: Path, out_dir: Path, policy: DeidPolicy, key: bytes) -> DeidOutcome:
     """De-identify one instance into ``out_dir`` as ``<keyed SOP Instance UID>.dcm``.
 
@@ -227,12 +242,14 @@ def _clean_and_verify(source: Dataset, out: Dataset, phi: PhiStrings, out_dir: P
         del out
         verdict = Verdict()
         written = check_header(partial, phi, original_uids(source), verdict)
-        sample = verify_indices(frame_count(source), detected, policy.ocr_max_frames) if policy.ocr else []
-        frames = check_pixels(source, written, area.mask(rows, columns), sample, verdict)
-        if policy.ocr and frames:
-            check_ocr(frames, sample, phi, policy.ocr_min_score, verdict)
-            if area.method == "text-only":
-                check_text(frames, sample, text_detector(policy.text_threads), verdict)
+        ocr = None
+        if policy.ocr and frame_count(written) == frame_count(source):
+            sample = verify_indices(frame_count(source), detected, policy.ocr_max_frames)
+            ocr = _VERIFIER_POOL.submit(_read_frames, written, sample, phi, policy,
+                                        area.method == "text-only", verdict)
+        check_pixels(source, written, area.mask(rows, columns), verdict)  # on this thread, while tesseract reads
+        if ocr is not None:
+            ocr.result()
     except Exception:
         partial.unlink(missing_ok=True)
         raise

@@ -113,14 +113,14 @@ def keep_area(ds: Dataset, clean: bool, masks: Sequence[PixelMask]) -> KeepArea:
 def find_text(ds: Dataset, area: KeepArea, indices: Sequence[int], detector: TextDetector) -> KeepArea:
     """``area`` with the text found on frames ``indices`` inside its kept part blanked.
 
-    Each frame is searched whole first, in both views (the detector needs the context), then
-    again as it will be written (outside the keep area and the boxes found so far black, plain
-    view), until a pass finds nothing new (at most :data:`TEXT_ROUNDS` passes): blanking
-    changes the context, and marks next to removed text (labels, body markers) only score as
-    text once it is gone. The
-    boxes of all frames are united, grown (:func:`.textdetect.grow` plus :data:`TEXT_MARGIN`),
-    and every connected group of grown boxes that touches the kept area becomes one blanked
-    rectangle.
+    Each frame is searched whole first (the detector needs the context; the first frame in both
+    views, the others, which repeat a static overlay, in the plain view), then again as it will
+    be written (outside the keep area and the boxes found so far black, plain view), until a
+    pass finds nothing new (at most :data:`TEXT_ROUNDS` passes): blanking changes the context,
+    and marks next to removed text (labels, body markers) only score as text once it is gone.
+    The boxes of all frames are united, grown (:func:`.textdetect.grow` plus
+    :data:`TEXT_MARGIN`), and every connected group of grown boxes that touches the kept area
+    becomes one blanked rectangle.
 
     Raises
     ------
@@ -132,11 +132,11 @@ def find_text(ds: Dataset, area: KeepArea, indices: Sequence[int], detector: Tex
     rows, columns = int(ds.Rows), int(ds.Columns)
     kept = area.mask(rows, columns, with_text=False)
     found = np.zeros((rows, columns), dtype=bool)
-    for frame in iter_frames(ds, indices):
+    for number, frame in enumerate(iter_frames(ds, indices)):
         view = frame
         for round_ in range(TEXT_ROUNDS):
             new = 0
-            for box in detector.detect(view, CLEAN_SCORE, views=2 if round_ == 0 else 1):
+            for box in detector.detect(view, CLEAN_SCORE, views=2 if round_ == number == 0 else 1):
                 x0, y0, x1, y1 = grow(box, rows, columns, TEXT_MARGIN)
                 new += not found[y0:y1 + 1, x0:x1 + 1].all()
                 found[y0:y1 + 1, x0:x1 + 1] = True
