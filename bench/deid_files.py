@@ -43,7 +43,7 @@ def _read_phi(path: Path, targets: set[str]) -> int | str:
 
 
 def real_files(shared_dicom: Path, out: Path) -> None:
-    print(f"{'file':34} {'frames':>6} {'method':16} {'boxes':>5} {'verdict':28} {'PHI before':>10} {'after':>5} {'s':>6}")
+    print(f"{'file':34} {'frames':>6} {'method':16} {'boxes':>5} {'verdict':42} {'PHI before':>10} {'after':>5} {'s':>6}")
     clean = 0
     files = corpus.real_us_files(shared_dicom, testdata)
     for path in files:
@@ -55,7 +55,7 @@ def real_files(shared_dicom: Path, out: Path) -> None:
         clean += outcome.ok
         verdict = "clean" if outcome.ok else f"quarantined: {outcome.reason_code}"
         after = _read_phi(outcome.output, targets) if outcome.ok else "-"
-        print(f"{path.name:34} {frame_count(source):6} {outcome.method or '-':16} {outcome.text_boxes:5} {verdict:28} "
+        print(f"{path.name:34} {frame_count(source):6} {outcome.method or '-':16} {outcome.text_boxes:5} {verdict:42} "
               f"{_read_phi(path, targets)!s:>10} {after!s:>5} {seconds:6.1f}")
     print(f"{clean} of {len(files)} clean")
 
