@@ -95,11 +95,13 @@ class DeidConfig:
     retain_patient_characteristics: bool = False  # keep sex, age, size, weight
     retain_device_identity: bool = False  # keep device serial numbers and station names
     clean_descriptors: bool = True  # keep descriptions after removing PHI (False: remove them)
-    clean_pixel_data: bool = True  # blank everything outside the ultrasound regions
+    clean_pixel_data: bool = True  # blank outside the ultrasound regions (or device mask) and burned-in text
     ocr: bool = True  # verify cleaned pixels with tesseract OCR; fail closed if it is missing
     ocr_max_frames: int = 8  # frames OCR'd per instance (all frames of shorter clips)
     pixel_masks: tuple[PixelMask, ...] = ()  # masks for images without ultrasound regions
     ocr_min_score: float = 85.0  # fuzzy OCR match score (50-100) at which a PHI string counts as found
+    text_detection_frames: int = 4  # frames of a clip searched for burned-in text (the union is blanked)
+    text_detector_threads: int = 1  # onnxruntime threads of the text detector
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "workers.count": (1, 64),
     "deid.ocr_max_frames": (1, 10**6),
     "deid.ocr_min_score": (50, 100),
+    "deid.text_detection_frames": (1, 1000),
+    "deid.text_detector_threads": (1, 64),
     "detector.frames_per_cine": (1, 1000),
     "console.port": (1, 65535),
     "console.session_minutes": (1, 24 * 60),

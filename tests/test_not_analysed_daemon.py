@@ -9,23 +9,25 @@ import pytest
 import tomli_w
 
 from sonoshot.daemon.reporting import deid_reason
+from sonoshot.dicom_io.deid import QuarantineReason
 from sonoshot.dicom_io.not_analysed import NotAnalysedReason, read_not_analysed
 from tests.daemon import Daemon
 from tests.peers import dcmsend, wait_for
 from tests.scenarios import SMALL_US, SMALL_US_MASK, make_study
 
 
-@pytest.mark.parametrize("reason, code", [
-    ("unreadable: InvalidDicomError", NotAnalysedReason.UNREADABLE),
-    ("(0008,0016) SOP Class UID or (0008,0018) SOP Instance UID missing", NotAnalysedReason.UNREADABLE),
-    ("pixels: transfer syntax JPEG XL (1.2.840.10008.1.2.4.111) cannot be decoded", NotAnalysedReason.UNDECODABLE),
-    ("pixels: no Sequence of Ultrasound Regions, and no configured pixel mask matches this device and size",
-     NotAnalysedReason.PIXELS_NOT_CLEANED),
-    ("verifier: OCR: PHI string found in frame 0", NotAnalysedReason.NOT_VERIFIED),
+@pytest.mark.parametrize("quarantine, code", [
+    (QuarantineReason.UNREADABLE, NotAnalysedReason.UNREADABLE),
+    (QuarantineReason.UNSUPPORTED_TRANSFER_SYNTAX, NotAnalysedReason.UNDECODABLE),
+    (QuarantineReason.UNDECODABLE, NotAnalysedReason.UNDECODABLE),
+    (QuarantineReason.NO_KEEP_AREA, NotAnalysedReason.PIXELS_NOT_CLEANED),
+    (QuarantineReason.TEXT_DETECTOR_UNAVAILABLE, NotAnalysedReason.NOT_VERIFIED),
+    (QuarantineReason.VERIFIER_FAILED, NotAnalysedReason.NOT_VERIFIED),
+    (QuarantineReason.INTERNAL_ERROR, NotAnalysedReason.PROCESSING_FAILED),
     (None, NotAnalysedReason.NOT_VERIFIED),
 ])
-def test_deid_reasons_are_coded(reason, code):
-    assert deid_reason(reason) is code
+def test_every_quarantine_code_has_a_not_analysed_reason(quarantine, code):
+    assert deid_reason(quarantine) is code
 
 
 @pytest.mark.slow

@@ -64,7 +64,6 @@ def test_validation_month_in_shadow_mode(tmp_path, busi, demo_bundle, capsys, br
     daemon = pipeline(tmp_path / "sonoshot", demo_bundle,
                       [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}],
                       delivery={"mode": "shadow"}, workers={"count": 2}, validation={"drift_interval_s": 1.0},
-                      deid={"ocr": False},  # OCR_FALSE_POSITIVE: a one-letter OCR text matches every name
                       console={"enabled": True, "port": free_port(), "secret_key_file": str(tmp_path / "console.key")})
     labels: dict[str, str] = {}
     image_of: dict[str, str] = {}  # study UID -> BUSI file, for the site scanner's studies

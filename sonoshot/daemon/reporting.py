@@ -34,6 +34,7 @@ from sonoshot.config import Config
 from sonoshot.db.lifecycle import StudyState
 from sonoshot.db.queries import NOT_ANALYSED
 from sonoshot.db.store import InstanceRef, NewResult, Store, StudyRef
+from sonoshot.dicom_io.deid import QuarantineReason
 from sonoshot.dicom_io.keyimage import (build_key_image, key_image_series_instance_uid, key_image_sop_instance_uid,
                                         render_key_image)
 from sonoshot.dicom_io.not_analysed import (NotAnalysedReason, NotAnalysedRef, NotAnalysedResult,
@@ -68,15 +69,21 @@ class Excluded:
     detail: str
 
 
-def deid_reason(reason: str | None) -> NotAnalysedReason:
-    """The coded reason for a de-identifier's quarantine reason (:class:`~sonoshot.dicom_io.deid.DeidOutcome`)."""
-    text = reason or ""
-    if text.startswith(("unreadable", "(0008,0016)")):
-        return NotAnalysedReason.UNREADABLE
-    if text.startswith("pixels:"):
-        undecodable = "transfer syntax" in text or "decod" in text
-        return NotAnalysedReason.UNDECODABLE if undecodable else NotAnalysedReason.PIXELS_NOT_CLEANED
-    return NotAnalysedReason.NOT_VERIFIED
+_DEID_REASONS = {
+    QuarantineReason.UNREADABLE: NotAnalysedReason.UNREADABLE,
+    QuarantineReason.UNSUPPORTED_TRANSFER_SYNTAX: NotAnalysedReason.UNDECODABLE,
+    QuarantineReason.UNDECODABLE: NotAnalysedReason.UNDECODABLE,
+    QuarantineReason.NO_KEEP_AREA: NotAnalysedReason.PIXELS_NOT_CLEANED,
+    QuarantineReason.TEXT_DETECTOR_UNAVAILABLE: NotAnalysedReason.NOT_VERIFIED,
+    QuarantineReason.VERIFIER_FAILED: NotAnalysedReason.NOT_VERIFIED,
+    QuarantineReason.INTERNAL_ERROR: NotAnalysedReason.PROCESSING_FAILED,
+}
+
+
+def deid_reason(code: QuarantineReason | None) -> NotAnalysedReason:
+    """The "not analysed" reason for a de-identifier's quarantine code
+    (:attr:`~sonoshot.dicom_io.deid.DeidOutcome.reason_code`); an unknown one counts as unverified."""
+    return _DEID_REASONS.get(code, NotAnalysedReason.NOT_VERIFIED) if code else NotAnalysedReason.NOT_VERIFIED
 
 
 def split_by_scope(detector: Detector, instances: Sequence[InstanceRef], headers: dict[str, Dataset]

@@ -30,7 +30,7 @@ from sonoshot.daemon.reporting import (Excluded, ScoredInstance, deid_reason, re
 from sonoshot.daemon.routing import route
 from sonoshot.db.store import InstanceRef, Store, StudyRef
 from sonoshot.db.validation import record_observations
-from sonoshot.dicom_io.deid import DeidPolicy, deidentify_file
+from sonoshot.dicom_io.deid import DeidOutcome, DeidPolicy, deidentify_file
 from sonoshot.dicom_io.not_analysed import NotAnalysedReason
 from sonoshot.dicom_io.pixels import UndecodableError
 from sonoshot.dicom_io.spool import Spool
@@ -179,14 +179,17 @@ class StudyWorker:
         shutil.rmtree(out_dir, ignore_errors=True)  # a requeued study starts its working copies afresh
         clean, quarantined = [], []
         for instance in instances:
-            outcome = deidentify_file(self.spool.path(instance.path), out_dir, self.policy, self.key)
+            try:
+                outcome = deidentify_file(self.spool.path(instance.path), out_dir, self.policy, self.key)
+            except Exception as exc:  # one instance must not fail the study: it is quarantined
+                outcome = DeidOutcome.internal_error(exc)
             self.store.record_deid(study, instance.sop_instance_uid, outcome.ok, outcome.reason)
             if outcome.ok and outcome.output is not None:
                 clean.append((instance, outcome.output))
             else:
                 log.warning("instance %s quarantined: %s", instance.sop_instance_uid, outcome.reason)
                 self._quarantine_report(study, instance, outcome.report)
-                quarantined.append(Excluded(instance, deid_reason(outcome.reason), outcome.reason or "quarantined"))
+                quarantined.append(Excluded(instance, deid_reason(outcome.reason_code), outcome.reason or "quarantined"))
         return clean, quarantined
 
     def _observe(self, study: StudyRef, headers: dict[str, Dataset], scored: list[ScoredInstance],

@@ -7,7 +7,9 @@ decode path) and plain PNG/JPEG files, turned into RGB frames cropped to the ult
 For DICOM: frames are sampled evenly from cine loops (``frames_per_cine``), and each frame is
 cropped to the largest 2D tissue region of the Sequence of Ultrasound Regions (the largest
 region of any kind when no region is flagged 2D tissue; the whole frame when there are none or
-they do not fit the image, which :func:`~sonoshot.dicom_io.pixels.ultrasound_regions` rejects).
+they are not trusted). The regions are those de-identification keeps:
+:func:`~sonoshot.dicom_io.pixels.ultrasound_regions` clips a region that passes the image edge
+by at most 2 pixels and trusts none when one passes it by more.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from sonoshot.dicom_io.pixels import RegionError, frame_count, iter_frames, ultrasound_regions
+from sonoshot.dicom_io.pixels import frame_count, iter_frames, ultrasound_regions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -58,10 +60,7 @@ def even_indices(count: int, wanted: int) -> list[int]:
 
 def crop_box(ds: Dataset) -> tuple[int, int, int, int] | None:
     """``(x0, y0, x1, y1)`` inclusive box of the ultrasound image, or None for the whole frame."""
-    try:
-        regions = ultrasound_regions(ds)
-    except RegionError:
-        return None
+    regions = ultrasound_regions(ds)
     tissue = [r for r in regions if r.spatial_format == 1 and r.data_type in (0, 1)] or regions
     if not tissue:
         return None
