@@ -95,16 +95,18 @@ class DeidConfig:
     retain_patient_characteristics: bool = False  # keep sex, age, size, weight
     retain_device_identity: bool = False  # keep device serial numbers and station names
     clean_descriptors: bool = True  # keep descriptions after removing PHI (False: remove them)
-    clean_pixel_data: bool = True  # blank everything outside the ultrasound regions
+    clean_pixel_data: bool = True  # blank outside the ultrasound regions (or device mask) and burned-in text
     ocr: bool = True  # verify cleaned pixels with tesseract OCR; fail closed if it is missing
     ocr_max_frames: int = 8  # frames OCR'd per instance (all frames of shorter clips)
     pixel_masks: tuple[PixelMask, ...] = ()  # masks for images without ultrasound regions
     ocr_min_score: float = 85.0  # fuzzy OCR match score (50-100) at which a PHI string counts as found
+    text_detection_frames: int = 4  # frames of a clip searched for burned-in text (the union is blanked)
+    text_detector_threads: int = 1  # onnxruntime threads of the text detector
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    bundle: str = ""  # detector bundle folder from `sonoshot fit`; empty: zero-shot or hold studies
+    bundle: str = ""  # detector bundle folder from `sonoshot fit`; "demo": the built-in demo; empty: zero-shot or hold studies
     backbone: str = "auto"  # auto: biomedclip when its files are present, else efficientnet-lite0
     biomedclip_path: str = ""  # local folder with BiomedCLIP's files (empty: Hugging Face cache)
     frames_per_cine: int = 4  # frames sampled evenly from each multi-frame instance
@@ -114,6 +116,13 @@ class DetectorConfig:
     mask_annotations: bool = True  # fill burned-in text, callipers and colour overlays before embedding
     min_shots: int = 1  # fewest examples per given class that `sonoshot fit` accepts
     prompt_organs: tuple[str, ...] = ()  # organ prompt sets beside the general one; empty: all organs
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    not_analysed: bool = True  # send a "not analysed" SR when a study ends out of scope, quarantined or failed
+    key_image: bool = True  # send a Secondary Capture key image (map, regions, score) with each scored SR
+    max_regions: int = 3  # anomalous regions per flagged frame in the SR and key image (largest first); 0: none
 
 
 @dataclass(frozen=True)
@@ -242,6 +251,7 @@ class Config:
     completion: CompletionConfig = field(default_factory=CompletionConfig)
     deid: DeidConfig = field(default_factory=DeidConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
@@ -268,6 +278,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "workers.count": (1, 64),
     "deid.ocr_max_frames": (1, 10**6),
     "deid.ocr_min_score": (50, 100),
+    "deid.text_detection_frames": (1, 1000),
+    "deid.text_detector_threads": (1, 64),
     "detector.frames_per_cine": (1, 1000),
     "objects.upload_retry_max_s": (0.1, 3600),
     "cluster.stall_timeout_s": (1, 86400),
@@ -286,6 +298,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "validation.psi_alert": (0.0, 100.0),
     "validation.image_shift_alert": (0.0, 100.0),
     "validation.quarantine_alert": (0.0, 1.0),
+    "report.max_regions": (0, 20),
 }
 
 

@@ -64,7 +64,7 @@ class DeidDone:
         self.recorder.add("deid", study.study_instance_uid, study.generation, study.lease)
         if self.recorder.hold is not None:
             self.recorder.hold.wait(30)
-        self.store.finish_deid(study, [DeidRecord(i.sop_instance_uid, True, None, f"{i.sop_instance_uid}.dcm")
+        self.store.finish_deid(study, [DeidRecord(i.sop_instance_uid, "ok", f"{i.sop_instance_uid}.dcm")
                                        for i in self.store.instances_of(study)], 0.01, "test")
 
 

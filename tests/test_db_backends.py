@@ -83,7 +83,7 @@ def _detecting(store: Store, study: str) -> StudyRef:
     claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
     assert claimed is not None and claimed.study_instance_uid == study
     sops = [i.sop_instance_uid for i in store.instances_of(claimed)]
-    assert store.finish_deid(claimed, [DeidRecord(sop, True, None, f"{study}/g1/{sop}.dcm") for sop in sops], 0.5,
+    assert store.finish_deid(claimed, [DeidRecord(sop, "ok", f"{study}/g1/{sop}.dcm") for sop in sops], 0.5,
                              "ultrasound")
     detecting = store.claim_study(StudyState.DEIDENTIFIED, StudyState.DETECTING)
     assert detecting is not None and detecting.study_instance_uid == study
@@ -159,7 +159,7 @@ def test_claim_and_move_are_guarded_by_state_and_generation(store):
     assert (claimed.study_instance_uid, claimed.state) == (first, StudyState.PROCESSING)  # oldest first
     assert store.record_instance(_instance(first))  # a late instance: generation 2
     assert store.move_study(claimed, StudyState.DEIDENTIFIED) is False  # stale work
-    assert store.finish_deid(claimed, [], 0.1, "ultrasound") is False
+    assert store.finish_deid(claimed, [DeidRecord(_uid(), "ok", "k")], 0.1, "ultrasound") is False
     assert store.latest_result(store.study(first)) is None
     assert store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING).study_instance_uid == second
     assert store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING) is None
@@ -217,6 +217,66 @@ def test_a_result_without_destinations_is_recorded(store):
     assert store.add_result(claimed, _result(study, 1), []) is not None
     assert store.latest_result(store.study(study)).sr_sop_instance_uid == f"{study}.99.1"
     assert _events(store, "delivery", study) == ["no-destination"]
+
+
+def _not_analysed(study: str) -> NewResult:
+    return NewResult(score=None, verdict=None, threshold=None, bundle_sha256="ab" * 32, backbone="efficientnet-lite0",
+                     images_scored=0, images_quarantined=1, sr_sop_instance_uid=f"{study}.98",
+                     sr_path=f"{study}/na.dcm", predecessor_sr_uid=None, timings={"report": 0.1},
+                     kind="not-analysed", reason="pixels-unclean")
+
+
+def test_not_analysed_result_keeps_the_state_and_a_reload_requeues(store, tmp_path):
+    spool = tmp_path / "spool"
+    kept, purged = _uid(), _uid()
+    for study in (kept, purged):
+        _complete(store, study)
+        claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
+        ref = store.add_result(claimed, _not_analysed(claimed.study_instance_uid), ["pacs"],
+                               StudyState.QUARANTINED, "1 instance(s), none could be de-identified safely")
+        assert ref is not None and ref.kind == "not-analysed" and ref.paths == [ref.sr_path]
+    assert store.study(kept).state is StudyState.QUARANTINED
+    with store.read_session() as s:
+        row = s.execute(text("SELECT kind, reason, score, verdict, threshold FROM results WHERE sr_path = :p"),
+                        {"p": f"{kept}/na.dcm"}).one()
+    assert tuple(row) == ("not-analysed", "pixels-unclean", None, None, None)
+    assert _events(store, "study", kept)[-1] == "quarantined"
+    for item in store.due_deliveries("pacs"):
+        assert store.record_attempt(item, True, "0x0000", None, None) is OutboxState.DELIVERED
+    assert store.study(kept).state is StudyState.QUARANTINED  # delivered, still not analysed
+    (spool / store.instances_of(store.study(kept))[0].path).parent.mkdir(parents=True)
+    (spool / store.instances_of(store.study(kept))[0].path).write_bytes(b"DICM")
+    store.recover_after_restart(spool)  # the other study's files are gone: flagged missing
+    assert store.requeue_for_reload(StudyState.OUT_OF_SCOPE) == 0
+    assert store.requeue_for_reload(StudyState.QUARANTINED) == 1
+    assert store.study(kept).state is StudyState.COMPLETE and store.study(purged).state is StudyState.QUARANTINED
+    assert _events(store, "study", kept)[-1] == "requeued"
+    claimed = _detecting(store, kept)
+    scored = replace(_result(kept, 1), key_image_sop_instance_uid=f"{kept}.97", key_image_path=f"{kept}/ki.dcm",
+                     predecessor_sr_uid=f"{kept}.98")
+    ref = store.add_result(claimed, scored, ["pacs"])
+    assert ref.paths == [f"{kept}/sr1.dcm", f"{kept}/ki.dcm"] and store.study(kept).state is StudyState.REPORTED
+    assert store.latest_result(store.study(kept)).kind == "scored"
+
+
+def test_migration_0003_keeps_earlier_results_scored(store, tmp_path):
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from sonoshot.db.store import MIGRATIONS
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    study = _uid()
+    _complete(store, study)
+    store.add_result(_detecting(store, study), _result(study, 1), [])
+    with store.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0002")
+    assert "kind" not in {c["name"] for c in inspect(store.engine).get_columns("results")}
+    store.migrate()
+    with store.read_session() as s:
+        assert s.execute(text("SELECT kind, score FROM results")).one() == ("scored", 0.8)
 
 
 def test_recover_after_restart(store, tmp_path):
@@ -356,9 +416,9 @@ def test_a_takeover_fences_the_stalled_holder(store):
     retry = store.claim_job(replace(job, takeover=True))
     assert retry is not None and retry.lease == 2 and retry.state is StudyState.PROCESSING
     sop = store.instances_of(retry)[0].sop_instance_uid
-    assert store.finish_deid(stalled, [DeidRecord(sop, True, None, "late")], 1.0, "r") is False
+    assert store.finish_deid(stalled, [DeidRecord(sop, "ok", "late")], 1.0, "r") is False
     assert store.move_study(stalled, StudyState.FAILED, detail="late") is False
-    assert store.finish_deid(retry, [DeidRecord(sop, True, None, f"{study}/g1/x.dcm")], 1.0, "r") is True
+    assert store.finish_deid(retry, [DeidRecord(sop, "ok", f"{study}/g1/x.dcm")], 1.0, "r") is True
     (instance,) = store.instances_of(store.study(study))
     assert instance.work_path == f"{study}/g1/x.dcm"
     detecting = store.claim_job(Job("detect", study, 1))
@@ -446,7 +506,7 @@ def test_jobs_are_deferred_in_the_transaction_of_the_move(store):
     store.deferrer = Recording()
     store.complete_quiet_studies(0, 3600)
     claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
-    store.finish_deid(claimed, [DeidRecord(store.instances_of(claimed)[0].sop_instance_uid, True, None, "k")], 0.1,
+    store.finish_deid(claimed, [DeidRecord(store.instances_of(claimed)[0].sop_instance_uid, "ok", "k")], 0.1,
                       "r")
     store.add_result(store.claim_study(StudyState.DEIDENTIFIED, StudyState.DETECTING), _result(study, 1), ["a", "b"])
     assert [(j.stage, j.destination) for j in deferred] == [("deid", None), ("detect", None), ("deliver", "a"),

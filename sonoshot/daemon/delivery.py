@@ -1,12 +1,14 @@
 """delivery.py
 ===========
 
-The outbox's stage: :class:`DeliverStage` sends one claimed delivery (one SR to one
+The outbox's stage: :class:`DeliverStage` sends one claimed delivery (one result to one
 destination). Each destination has its own queue (in process: its own scheduled sweep; in
 cluster mode: its own procrastinate queue), so a PACS that is down or slow never holds up
-another. Failures back off exponentially up to a cap; after ``max_attempts`` (or a permanent
-refusal) a delivery becomes ``dead-letter`` until ``sonoshot resend`` puts it back. The SR's SOP
-Instance UID is deterministic, so a send repeated after a crash (even one between the PACS's
+another. A result is its SR and, for a scored study, its key image: both go over one
+association and the delivery succeeds only when both were stored. Failures back off
+exponentially up to a cap; after ``max_attempts`` (or a permanent refusal) a delivery becomes
+``dead-letter`` until ``sonoshot resend`` puts it back. Every SOP Instance UID is deterministic,
+so a send repeated after a crash (after half of a result got through, or between the PACS's
 acknowledgement and our commit) files no duplicate in the PACS. A destination in shadow mode
 (``delivery.mode``) sends nothing: its due rows are held until ``sonoshot release``
 (:mod:`sonoshot.db.outbox`).
@@ -49,13 +51,13 @@ class DeliverStage:
         self.on_failure = on_failure or (lambda _destination: None)
 
     def run(self, claim: DeliveryRef) -> None:
-        """Send one SR (hold it in shadow mode); the outcome is recorded under the claim's lease
-        (a stale claim records nothing)."""
+        """Send one result (hold it in shadow mode); the outcome is recorded under the claim's
+        lease (a stale claim records nothing)."""
         destination = next((d for d in self.config.delivery.destinations if d.name == claim.destination), None)
         if destination is not None and self.config.delivery.mode_of(destination) == "shadow":
             held = hold_pending(self.store, destination.name)
             if held:
-                log.info("shadow mode: %d SR(s) for %s held, not sent", held, destination.name)
+                log.info("shadow mode: %d result(s) for %s held, not sent", held, destination.name)
             return
         outcome = self._attempt(claim, destination)
         if outcome is None:
@@ -70,13 +72,14 @@ class DeliverStage:
             return self.store.record_attempt(item, False, "no-destination",
                                              f"destination {item.destination!r} is not configured here", None)
         try:
-            sr = dcmread(BytesIO(self.objects.get(Kind.REPORTS, item.result.sr_path)))
+            documents = [dcmread(BytesIO(self.objects.get(Kind.REPORTS, key))) for key in item.result.paths]
         except ObjectNotFound:
-            return self.store.record_attempt(item, False, "no-file", "the SR is missing from the reports store", None)
+            return self.store.record_attempt(item, False, "no-file", "a report is missing from the reports store",
+                                             None)
         except ObjectStoreError as exc:  # the store is down: an attempt like a PACS that is down
             retry = backoff_s(attempt, delivery) if attempt < delivery.max_attempts else None
             return self.store.record_attempt(item, False, "no-store", str(exc), retry)
-        outcome = send_datasets(destination, [sr], self.config.network.ae_title)
+        outcome = send_datasets(destination, documents, self.config.network.ae_title)
         status = ",".join("none" if s.status is None else f"0x{s.status:04X}" for s in outcome.statuses) or "none"
         if outcome.delivered:
             log.info("SR %s delivered to %s (attempt %d)", item.result.sr_sop_instance_uid, destination.name, attempt)

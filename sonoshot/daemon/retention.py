@@ -1,9 +1,10 @@
 """retention.py
 ============
 
-The retention job: once a study has settled (delivered, dead-letter, ignored, quarantined or
-failed; :data:`sonoshot.db.lifecycle.SETTLED`) for ``retention.spool_days``, its received
-originals and SR documents leave the object store (the spool, in the embedded default); after
+The retention job: once a study has settled (delivered, dead-letter, ignored, out-of-scope,
+quarantined or failed; :data:`sonoshot.db.lifecycle.SETTLED`, with no delivery of its reports
+still pending) for ``retention.spool_days``, its received originals, SR documents and key images
+leave the object store (the spool, in the embedded default); after
 ``retention.work_days`` its de-identified copies (``work/<StudyInstanceUID>/``) do. A study that
 is not settled is never touched: each deletion runs while the study row is locked and
 re-checked, so a late instance that reopens the study either waits for the purge or stops it.

@@ -35,6 +35,7 @@ from sonoshot.daemon.stages import Carrier, InProcessCarrier, Periodic, Stage
 from sonoshot.daemon.uploader import Uploader
 from sonoshot.daemon.watch import DriftCollector, DriftWatch
 from sonoshot.daemon.worker import DeidStage, DetectorSlot, DetectStage
+from sonoshot.db.lifecycle import StudyState
 from sonoshot.db.store import Store
 from sonoshot.db.work import ARCHIVE_DETECT_QUEUE, ARCHIVE_QUEUE, WakeDeferrer, delivery_queue
 from sonoshot.dicom_io.deid import DeidKeyError, load_key, ocr, patient_pseudonym
@@ -161,7 +162,7 @@ class Service:
         config = self.config
         stages: dict[str, Stage] = {}
         if self.plan.deid:
-            stages["deid"] = DeidStage(config, self.store, self.objects, self.key)
+            stages["deid"] = DeidStage(config, self.store, self.objects, self.key, self.detectors)
         if self.plan.detect:
             stages["detect"] = DetectStage(config, self.store, self.objects, self.detectors, self.metrics.observe_stage)
         if self.plan.deliver:
@@ -194,7 +195,7 @@ class Service:
                 self.uploader.drop_uploaded_leftovers()
             else:
                 jobs.recover(self.spool, self.store)
-        if self.plan.detect:
+        if self.plan.deid or self.plan.detect:  # de-identification checks each instance against its scope
             self.load_detector()
         self._start_carrier()
         if self.uploader is not None:
@@ -253,7 +254,8 @@ class Service:
         detector = self.detectors.get()
         if detector is None:
             return None
-        return f"{detector.backbone_name} {(detector.bundle_sha256 or 'zero-shot')[:12]}"
+        about = f" ({detector.description})" if detector.description else ""
+        return f"{detector.backbone_name} {(detector.bundle_sha256 or 'zero-shot')[:12]}{about}"
 
     def load_detector(self) -> None:
         """(Re)load the detector from config; held studies are requeued once one is available."""
@@ -266,17 +268,29 @@ class Service:
                 log.info("%d studies awaiting a detector requeued", requeued)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config file's routing rules, delivery modes and detector bundle."""
+        """SIGHUP: re-read the config file's routing rules, de-identification, delivery modes, report
+        settings and detector bundle.
+
+        Studies that a changed setting might now decide differently are processed again:
+        ``quarantined`` ones when the de-identification settings changed, ``out-of-scope`` ones
+        when the detector settings changed (their next result supersedes the "not analysed" one).
+        """
         try:
             fresh = load_config(self.config_path) if self.config_path else self.config
-            self.config = fresh
+            previous, self.config = self.config, fresh
             for stage in self.stages.values():
-                if hasattr(stage, "config"):
-                    stage.config = fresh  # routing rules; delivery modes (shadow <-> send) and destinations
+                if hasattr(stage, "config"):  # routing, de-identification, report and delivery settings
+                    stage.config = fresh
             if isinstance(self.carrier, InProcessCarrier):
                 self.carrier.sweep_destinations(self.plan.destinations(fresh))
-            if self.plan.detect:
+            if self.plan.deid or self.plan.detect:
                 self.load_detector()
+                requeue = [(StudyState.QUARANTINED, fresh.deid != previous.deid),
+                           (StudyState.OUT_OF_SCOPE, fresh.detector != previous.detector)]
+                for state, changed in requeue:
+                    count = self.store.requeue_for_reload(state) if changed else 0
+                    if count:
+                        log.info("%d %s studies requeued after the reload", count, state.value)
             self.store.record_event("service", "reloaded")
         except Exception as exc:  # a bad reload keeps the running configuration
             log.error("reload failed, keeping the running configuration: %s", exc)

@@ -8,10 +8,17 @@ The database is the queue. A study row moves
 ``processing`` is the de-identification stage at work (routing, working copies), ``deidentified``
 waits for the detect stage, ``detecting`` is the detect stage at work (scores, the SR). Side exits
 are ``ignored`` (routing), ``awaiting-detector`` (no detector yet; the working copies are kept),
-``quarantined`` (nothing could be de-identified safely), ``failed``, ``dead-letter`` (delivery
-gave up) and ``withheld`` (shadow mode: its SRs were kept and discarded by ``sonoshot release
---discard``, never sent). Each stage claims rows in one state and moves them on
-(:data:`STAGE_STATES`), so restart recovery is a query.
+``out-of-scope`` (no instance inside the detector's scope), ``quarantined`` (nothing could be
+de-identified or scored safely), ``failed``, ``dead-letter`` (delivery gave up) and ``withheld``
+(shadow mode: its reports were kept and discarded by ``sonoshot release --discard``, never
+sent). Each stage claims rows in one state and moves them on (:data:`STAGE_STATES`), so restart
+recovery is a query.
+
+A study that ends ``out-of-scope``, ``quarantined`` or ``failed`` keeps that state while its
+"not analysed" report goes through the outbox (the result row and its deliveries say how that
+went). A reload that changes what would decide it sends it back to ``complete``:
+``quarantined → complete`` when the de-identification settings changed, ``out-of-scope →
+complete`` when the detector changed; its next result supersedes the "not analysed" one.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ class StudyState(str, Enum):
     DEIDENTIFIED = "deidentified"
     DETECTING = "detecting"
     AWAITING_DETECTOR = "awaiting-detector"
+    OUT_OF_SCOPE = "out-of-scope"
     REPORTED = "reported"
     DELIVERED = "delivered"
     DEAD_LETTER = "dead-letter"
@@ -54,15 +62,17 @@ S = StudyState
 LEGAL_MOVES: dict[StudyState, frozenset[StudyState]] = {
     S.RECEIVING: frozenset({S.COMPLETE}),
     S.COMPLETE: frozenset({S.PROCESSING}),
-    S.PROCESSING: frozenset({S.DEIDENTIFIED, S.IGNORED, S.QUARANTINED, S.FAILED, S.COMPLETE}),
+    S.PROCESSING: frozenset({S.DEIDENTIFIED, S.IGNORED, S.OUT_OF_SCOPE, S.QUARANTINED, S.FAILED, S.COMPLETE}),
     S.DEIDENTIFIED: frozenset({S.DETECTING}),
-    S.DETECTING: frozenset({S.REPORTED, S.AWAITING_DETECTOR, S.QUARANTINED, S.FAILED, S.DEIDENTIFIED}),
+    S.DETECTING: frozenset({S.REPORTED, S.AWAITING_DETECTOR, S.OUT_OF_SCOPE, S.QUARANTINED, S.FAILED,
+                            S.DEIDENTIFIED}),
     S.AWAITING_DETECTOR: frozenset({S.DEIDENTIFIED}),
+    S.OUT_OF_SCOPE: frozenset({S.COMPLETE}),
     S.REPORTED: frozenset({S.DELIVERED, S.DEAD_LETTER, S.WITHHELD}),
     S.DEAD_LETTER: frozenset({S.REPORTED}),
     S.DELIVERED: frozenset(),
     S.IGNORED: frozenset(),
-    S.QUARANTINED: frozenset(),
+    S.QUARANTINED: frozenset({S.COMPLETE}),
     S.FAILED: frozenset({S.COMPLETE}),
     S.WITHHELD: frozenset(),
 }
@@ -76,7 +86,8 @@ STAGE_STATES: dict[str, tuple[StudyState, StudyState]] = {
 }
 
 #: States whose work is finished: the spool may be purged after the retention period.
-SETTLED = frozenset({S.DELIVERED, S.DEAD_LETTER, S.IGNORED, S.QUARANTINED, S.FAILED, S.WITHHELD})
+SETTLED = frozenset({S.DELIVERED, S.DEAD_LETTER, S.IGNORED, S.OUT_OF_SCOPE, S.QUARANTINED, S.FAILED,
+                     S.WITHHELD})
 
 
 class IllegalMove(ValueError):

@@ -81,28 +81,38 @@ class InstanceRef:
     sop_class_uid: str
     path: str
     file_missing: bool
-    deid_status: str | None = None  # ok, quarantined
+    deid_status: str | None = None  # ok, quarantined, out-of-scope
     deid_reason: str | None = None
     work_path: str | None = None  # key of the de-identified working copy
+    not_analysed_reason: str | None = None  # the code of why it was left out
 
 
 @dataclass(frozen=True)
 class DeidRecord:
-    """The de-identification outcome of one instance (``reason`` holds no PHI)."""
+    """What de-identification made of one instance: a working copy (``work_path``), or left out
+    (``status`` quarantined or out-of-scope) with a PHI-free ``reason`` and the "not analysed"
+    reason ``code`` (:class:`sonoshot.dicom_io.not_analysed.NotAnalysedReason`)."""
 
     sop_instance_uid: str
-    ok: bool
-    reason: str | None
-    work_path: str | None  # key of the working copy when ``ok``
+    status: str  # ok, quarantined, out-of-scope
+    work_path: str | None = None  # key of the working copy when ok
+    reason: str | None = None
+    code: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
 
 
 @dataclass(frozen=True)
 class NewResult:
-    """A detector result ready for the outbox: the SR is already written to ``sr_path``."""
+    """A result ready for the outbox: its documents are already written to ``sr_path`` (and
+    ``key_image_path``). ``kind`` is ``scored``, or ``not-analysed`` with no score, verdict or
+    threshold and the study's coded ``reason``."""
 
-    score: float
-    verdict: str
-    threshold: float
+    score: float | None
+    verdict: str | None
+    threshold: float | None
     bundle_sha256: str
     backbone: str
     images_scored: int
@@ -111,6 +121,10 @@ class NewResult:
     sr_path: str
     predecessor_sr_uid: str | None
     timings: dict[str, float]
+    kind: str = "scored"
+    reason: str | None = None
+    key_image_sop_instance_uid: str | None = None
+    key_image_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +134,13 @@ class ResultRef:
     generation: int
     sr_sop_instance_uid: str
     sr_path: str
+    kind: str = "scored"
+    key_image_path: str | None = None
+
+    @property
+    def paths(self) -> list[str]:
+        """The keys (in the reports store) of the documents the outbox sends, the SR first."""
+        return [self.sr_path] + ([self.key_image_path] if self.key_image_path else [])
 
 
 @dataclass(frozen=True)
@@ -132,7 +153,8 @@ class DeliveryRef:
 
 
 def _result_ref(row: Result) -> ResultRef:
-    return ResultRef(row.id, row.study.study_instance_uid, row.generation, row.sr_sop_instance_uid, row.sr_path)
+    return ResultRef(row.id, row.study.study_instance_uid, row.generation, row.sr_sop_instance_uid, row.sr_path,
+                     row.kind, row.key_image_path)
 
 
 def _study_ref(study: Study) -> StudyRef:
@@ -424,35 +446,52 @@ class Store:
             return bool(moved)
 
     def finish_deid(self, study: StudyRef, outcomes: list[DeidRecord], seconds: float, route_rule: str) -> bool:
-        """Record each instance's de-identification and move the claimed study on, atomically.
+        """Record each instance's de-identification and move the claimed study to
+        ``deidentified`` (deferring its detect job), atomically. Returns False, writing nothing,
+        when the claim is stale (see :meth:`move_study`).
 
-        The study becomes ``deidentified`` (and its detect job is deferred) when any instance
-        has a working copy, else ``quarantined``. Returns False, writing nothing, when the
-        claim is stale (see :meth:`move_study`).
+        Raises
+        ------
+        ValueError
+            If no outcome has a working copy (a study with none gets a "not analysed" result:
+            :meth:`record_deid`, then :meth:`add_result`).
         """
-        to_state = StudyState.DEIDENTIFIED if any(o.ok for o in outcomes) else StudyState.QUARANTINED
-        check_move(study.state, to_state)
-        quarantined = sum(not o.ok for o in outcomes)
-        detail = None if to_state is StudyState.DEIDENTIFIED else \
-            f"{quarantined} instance(s), none could be de-identified safely"
+        if not any(o.ok for o in outcomes):
+            raise ValueError('Argument "outcomes" has no working copy to detect on.')
+        check_move(study.state, StudyState.DEIDENTIFIED)
         with self.session() as s:
-            row = s.scalar(select(Study).where(_held(study)).with_for_update())
+            row = self._record_deid(s, study, outcomes, seconds, route_rule)
             if row is None:
                 return False
-            for outcome in outcomes:
-                s.execute(update(Instance).where(Instance.sop_instance_uid == outcome.sop_instance_uid).values(
-                    deid_status="ok" if outcome.ok else "quarantined", deid_reason=outcome.reason,
-                    work_path=outcome.work_path if outcome.ok else None))
-                s.add(Event(kind="deid", outcome="ok" if outcome.ok else "quarantined",
-                            study_instance_uid=study.study_instance_uid, sop_instance_uid=outcome.sop_instance_uid,
-                            detail={"reason": outcome.reason} if outcome.reason else None))
-            row.state, row.state_changed_at, row.detail, row.route_rule = to_state.value, utcnow(), detail, route_rule
-            row.timings = {**(row.timings or {}), "deidentify": seconds}
-            s.add(Event(kind="study", outcome=to_state.value, study_instance_uid=study.study_instance_uid,
+            row.state, row.state_changed_at, row.detail = StudyState.DEIDENTIFIED.value, utcnow(), None
+            s.add(Event(kind="study", outcome=StudyState.DEIDENTIFIED.value, study_instance_uid=study.study_instance_uid,
                         detail={"generation": study.generation, "instances": len(outcomes),
-                                "quarantined": quarantined}))
-            self._defer_due(s.connection(), study, to_state)
+                                "left_out": sum(not o.ok for o in outcomes)}))
+            self._defer_due(s.connection(), study, StudyState.DEIDENTIFIED)
             return True
+
+    def record_deid(self, study: StudyRef, outcomes: list[DeidRecord], seconds: float, route_rule: str) -> bool:
+        """Record each instance's de-identification, the study staying where it is (nothing got a
+        working copy; its "not analysed" result follows). False when the claim is stale."""
+        with self.session() as s:
+            return self._record_deid(s, study, outcomes, seconds, route_rule) is not None
+
+    def _record_deid(self, s: Session, study: StudyRef, outcomes: list[DeidRecord], seconds: float,
+                     route_rule: str) -> Study | None:
+        row = s.scalar(select(Study).where(_held(study)).with_for_update())
+        if row is None:
+            return None
+        for outcome in outcomes:
+            s.execute(update(Instance).where(Instance.sop_instance_uid == outcome.sop_instance_uid).values(
+                deid_status=outcome.status, deid_reason=outcome.reason, work_path=outcome.work_path,
+                not_analysed_reason=outcome.code))
+            if outcome.status != "out-of-scope":
+                s.add(Event(kind="deid", outcome=outcome.status, study_instance_uid=study.study_instance_uid,
+                            sop_instance_uid=outcome.sop_instance_uid,
+                            detail={"reason": outcome.reason} if outcome.reason else None))
+        row.route_rule = route_rule
+        row.timings = {**(row.timings or {}), "deidentify": seconds}
+        return row
 
     def study(self, study_instance_uid: str) -> StudyRef | None:
         with self.read_session() as s:
@@ -463,7 +502,7 @@ class Store:
         with self.read_session() as s:
             rows = s.scalars(select(Instance).where(Instance.study_id == study.id).order_by(Instance.id))
             return [InstanceRef(r.sop_instance_uid, r.series_instance_uid, r.sop_class_uid, r.path, r.file_missing,
-                                r.deid_status, r.deid_reason, r.work_path) for r in rows]
+                                r.deid_status, r.deid_reason, r.work_path, r.not_analysed_reason) for r in rows]
 
     # -- restart recovery ------------------------------------------------------------------
 
@@ -546,8 +585,11 @@ class Store:
             row = s.scalar(select(Result).where(Result.study_id == study.id).order_by(Result.id.desc()).limit(1))
             return None if row is None else _result_ref(row)
 
-    def add_result(self, study: StudyRef, new: NewResult, destinations: list[str]) -> ResultRef | None:
-        """Store a result, queue it for each destination and move the study to ``reported``.
+    def add_result(self, study: StudyRef, new: NewResult, destinations: list[str],
+                   to_state: StudyState = StudyState.REPORTED, detail: str | None = None) -> ResultRef | None:
+        """Store a result, queue it for each destination and move the study to ``to_state``
+        (``reported`` for a scored result; ``out-of-scope``, ``quarantined`` or ``failed`` for a
+        "not analysed" one, with ``detail`` as the study's reason).
 
         All or nothing, and only if the study is still in the state, generation and lease the
         worker claimed; returns None when a late instance reopened it or another claim took it
@@ -555,12 +597,15 @@ class Store:
         bundle) is not queued twice. Each new outbox row's deliver job is deferred with it; the
         result's timings join those of the stages before (de-identification).
         """
-        check_move(study.state, StudyState.REPORTED)
+        check_move(study.state, to_state)
         with self.session() as s:
             held = s.scalar(select(Study).where(_held(study)).with_for_update())
             if held is None:
                 return None
-            held.state, held.state_changed_at, held.detail = StudyState.REPORTED.value, utcnow(), None
+            held.state, held.state_changed_at, held.detail = to_state.value, utcnow(), detail
+            if to_state is not StudyState.REPORTED:
+                s.add(Event(kind="study", outcome=to_state.value, study_instance_uid=study.study_instance_uid,
+                            detail={"generation": study.generation, **({"reason": detail} if detail else {})}))
             timings = {**(held.timings or {}), **new.timings}
             row = s.scalar(select(Result).where(Result.sr_sop_instance_uid == new.sr_sop_instance_uid))
             if row is None:
@@ -575,10 +620,13 @@ class Store:
                 self.deferrer.defer(s.connection(), [
                     Job("deliver", study.study_instance_uid, study.generation, study.lane, delivery_id=d.id,
                         destination=d.destination) for d in outbox])
-            s.add(Event(kind="result", outcome=new.verdict, study_instance_uid=study.study_instance_uid,
+            s.add(Event(kind="result", outcome=new.verdict or new.kind, study_instance_uid=study.study_instance_uid,
                         sop_instance_uid=new.sr_sop_instance_uid,
                         detail={"score": new.score, "threshold": new.threshold, "bundle": new.bundle_sha256,
-                                "generation": study.generation, "timings": timings}))
+                                "generation": study.generation, "timings": timings,
+                                **({"reason": new.reason} if new.reason else {}),
+                                **({"key_image": new.key_image_sop_instance_uid}
+                                   if new.key_image_sop_instance_uid else {})}))
             s.flush()
             if not destinations:
                 s.add(Event(kind="delivery", outcome="no-destination", study_instance_uid=study.study_instance_uid))
@@ -674,6 +722,22 @@ class Store:
                                 delivery_id=row.id, destination=row.destination))
             self.deferrer.defer(s.connection(), jobs)
             return len(rows)
+
+    def requeue_for_reload(self, state: StudyState) -> int:
+        """Send studies that ended in ``state`` (``quarantined`` or ``out-of-scope``) back to
+        ``complete``, those whose received files are still in the spool: a reload changed what
+        decided them. Each gets a ``study/requeued`` audit event."""
+        check_move(state, StudyState.COMPLETE)
+        now = utcnow()
+        live = select(Instance.id).where(Instance.study_id == Study.id, Instance.file_missing.is_(False)).exists()
+        with self.session() as s:
+            studies = list(s.scalars(select(Study).where(Study.state == state.value, live).with_for_update()))
+            for study in studies:
+                study.state, study.state_changed_at = StudyState.COMPLETE.value, now
+                s.add(Event(kind="study", outcome="requeued", study_instance_uid=study.study_instance_uid,
+                            detail={"from": state.value, "why": "reload"}))
+                self._defer_due(s.connection(), study, StudyState.COMPLETE)
+            return len(studies)
 
     def requeue_awaiting_detector(self) -> int:
         """Send studies held for want of a detector back to ``deidentified`` (a detector is now

@@ -7,7 +7,8 @@ Create Date: 2026-12-02
 Studies get ``lease`` (raised at each stage claim; a stage's writes must carry it), ``lane``
 (live or archive) and ``timings`` (seconds per finished stage of this generation); instances
 ``work_path`` (the de-identified working copy's key) and ``pending_upload`` (the receiver node
-whose local spool holds the only copy until the object store has it); associations ``node``;
+whose local spool holds the only copy until the object store has it) and ``not_analysed_reason``
+(the coded reason it was left out, for the detect stage's report); associations ``node``;
 results ``attempt`` (the lease that made them); deliveries ``lease``; a table ``periodic_runs``
 (the last period each periodic job ran for, so a period runs once). Studies that waited for a
 detector go back to ``complete``: the detector no longer gates de-identification. SR paths
@@ -33,6 +34,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("timings", sa.JSON(), nullable=True))
     with op.batch_alter_table("instances") as batch_op:
         batch_op.add_column(sa.Column("work_path", sa.String(300), nullable=True))
+        batch_op.add_column(sa.Column("not_analysed_reason", sa.String(32), nullable=True))
         batch_op.add_column(sa.Column("pending_upload", sa.String(64), nullable=True))
         batch_op.create_index(batch_op.f("ix_instances_pending_upload"), ["pending_upload"], unique=False)
     with op.batch_alter_table("associations") as batch_op:
@@ -65,6 +67,7 @@ def downgrade() -> None:
     with op.batch_alter_table("instances") as batch_op:
         batch_op.drop_index(batch_op.f("ix_instances_pending_upload"))
         batch_op.drop_column("pending_upload")
+        batch_op.drop_column("not_analysed_reason")
         batch_op.drop_column("work_path")
     with op.batch_alter_table("studies") as batch_op:
         batch_op.drop_column("timings")
