@@ -260,7 +260,7 @@ def test_a_study_whose_holder_died_is_finished_once(site):
     site.start(periodic=True)  # procrastinate: with the periodic jobs comes the takeover, which finds it
     _delivered(site, [uid])
     assert site.recorder.count("deid")[uid] == 1 and site.recorder.count("deliver")[uid] == 1
-    assert site.store.finish_deid(dead, [], 0.0, "late") is False  # the dead holder's claim is void
+    assert site.store.finish_deid(dead, [DeidRecord(f"{uid}.1.0", "ok", "late")], 0.0, "late") is False  # void claim
 
 
 def test_periodic_jobs_run_once_per_period_across_consumers(site):

@@ -55,21 +55,23 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Plain ALTER TABLE ... DROP COLUMN (SQLite 3.35+): a copied table could not be swapped in while
+    # other tables' foreign keys point at it.
     op.execute(f"UPDATE results SET sr_path = '{REPORTS_PREFIX}' || sr_path")
     op.execute("UPDATE studies SET state = 'complete' WHERE state IN ('deidentified', 'detecting')")
     op.drop_table("periodic_runs")
-    with op.batch_alter_table("deliveries") as batch_op:
+    with op.batch_alter_table("deliveries", recreate="never") as batch_op:
         batch_op.drop_column("lease")
-    with op.batch_alter_table("results") as batch_op:
+    with op.batch_alter_table("results", recreate="never") as batch_op:
         batch_op.drop_column("attempt")
-    with op.batch_alter_table("associations") as batch_op:
+    with op.batch_alter_table("associations", recreate="never") as batch_op:
         batch_op.drop_column("node")
-    with op.batch_alter_table("instances") as batch_op:
+    with op.batch_alter_table("instances", recreate="never") as batch_op:
         batch_op.drop_index(batch_op.f("ix_instances_pending_upload"))
         batch_op.drop_column("pending_upload")
         batch_op.drop_column("not_analysed_reason")
         batch_op.drop_column("work_path")
-    with op.batch_alter_table("studies") as batch_op:
+    with op.batch_alter_table("studies", recreate="never") as batch_op:
         batch_op.drop_column("timings")
         batch_op.drop_column("lease")
         batch_op.drop_column("lane")
