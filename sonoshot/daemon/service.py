@@ -43,7 +43,7 @@ from sonoshot.dicom_io.receive import Receiver, start_scp
 from sonoshot.dicom_io.spool import Spool
 from sonoshot.logs import configure_logging
 from sonoshot.model import load_detector
-from sonoshot.objects import open_object_store
+from sonoshot.objects import ObjectStore, open_object_store
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +103,12 @@ def node_name(config: Config) -> str:
     return config.cluster.node_name or f"{socket.gethostname()}:{config.network.port}"
 
 
-def start_console(config: Config, store: Store, spool: Spool, key: bytes):
+def start_console(config: Config, store: Store, spool: Spool, key: bytes, objects: ObjectStore):
     """The web console on its own port (``console.*``), served from a background thread."""
     from sonoshot.console.app import ConsoleContext, create_app
     from sonoshot.console.server import ConsoleServer
 
-    return ConsoleServer(config.console, create_app(ConsoleContext(config, store, spool, key))).start()
+    return ConsoleServer(config.console, create_app(ConsoleContext(config, store, spool, key, objects))).start()
 
 
 class Service:
@@ -211,7 +211,7 @@ class Service:
         if config.http.enabled:
             self.http = http.start_http(config.http, self._checks(), self.registry)
         if config.console.enabled and self.plan.receiver and not self.cluster:
-            self.console = start_console(config, self.store, self.spool, self.key)
+            self.console = start_console(config, self.store, self.spool, self.key, self.objects)
         self.store.record_event("service", "started", detail={"role": self.role_text, "node": self.node})
 
     def _start_carrier(self) -> None:

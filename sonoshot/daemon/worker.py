@@ -122,7 +122,7 @@ class DeidStage:
         except Exception as exc:
             log.exception("study %s failed in de-identification", study.study_instance_uid)
             fail(self.config, self.store, self.objects, study, self.detectors.get(),
-                 f"{type(exc).__name__} during de-identification")
+                 f"{type(exc).__name__} during processing (de-identification)")
 
     def _run(self, study: StudyRef) -> None:
         instances = [i for i in self.store.instances_of(study) if not i.file_missing]
@@ -228,7 +228,7 @@ class DetectStage:
         except Exception as exc:
             log.exception("study %s failed in detection", study.study_instance_uid)
             fail(self.config, self.store, self.objects, study, self.detectors.get(),
-                 f"{type(exc).__name__} during detection")
+                 f"{type(exc).__name__} during processing (detection)")
 
     def _run(self, study: StudyRef) -> None:
         detector = self.detectors.get()
