@@ -12,6 +12,7 @@ import functools
 import logging
 import signal
 import threading
+from datetime import datetime, timezone
 
 import pydicom
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -19,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from sonoshot.config import Config, load_config
 from sonoshot.daemon import http, jobs, retention
-from sonoshot.daemon.delivery import deliver_due
+from sonoshot.daemon.delivery import DestinationEcho, deliver_due
 from sonoshot.daemon.metrics import Metrics
 from sonoshot.daemon.worker import DetectorSlot, StudyWorker
 from sonoshot.db.store import Store
@@ -76,6 +77,11 @@ class Service:
                       self.metrics.delivery_failed])
         self.scheduler.add_job(retention.purge_expired, "interval", seconds=retention.INTERVAL_S, id="retention",
                                args=[self.store, config.storage.spool_dir, config.storage.work_dir, config.retention])
+        echoes = [DestinationEcho(d, config.network.ae_title, config.http.echo_interval_s)
+                  for d in config.delivery.destinations]
+        for probe in echoes:
+            self.scheduler.add_job(probe.probe, "interval", seconds=config.http.echo_interval_s,
+                                   id=f"echo-{probe.destination.name}", next_run_time=datetime.now(timezone.utc))
         self.scheduler.start()
         for n in range(config.workers.count):
             worker = StudyWorker(config, self.store, self.spool, self.key, self.detectors, self.metrics.observe_stage)
@@ -84,15 +90,20 @@ class Service:
             self.workers.append(worker)
             self.threads.append(thread)
         receiver = Receiver(self.spool, self.store, config.storage.min_free_mb,
-                            functools.partial(patient_pseudonym, self.key), self.metrics.instance_received)
+                            functools.partial(patient_pseudonym, self.key), self.metrics.instance_received,
+                            self.metrics.connection_refused)
         self.server = start_scp(config.network, receiver)
+        self.metrics.pending_connections.set_function(self.server.gate.pending)
         if config.http.enabled:
             self.http = http.start_http(config.http, {
                 "database": http.database_check(self.store),
                 "disk": http.disk_check(config.storage.spool_dir, config.storage.min_free_mb),
                 "scp": http.scp_check(lambda: self.server),
+            }, self.registry, ready={
                 "detector": http.detector_check(self.describe_detector),
-            }, self.registry)
+                "ocr": http.ocr_check(config.deid.ocr),
+                **{f"destination:{probe.destination.name}": probe.check for probe in echoes},
+            })
         self.store.record_event("service", "started")
 
     def describe_detector(self) -> str | None:
@@ -126,7 +137,7 @@ class Service:
     def stop(self) -> None:
         """Drain: stop accepting associations, let those in flight finish, finish the studies in
         hand (a study cut short stays ``processing`` and is requeued at the next start), stop
-        the jobs, then close the database. /healthz answers until the very end."""
+        the jobs, then close the database. /livez and /readyz answer until the very end."""
         if self.server is not None:
             self.server.shutdown()
             self.server = None

@@ -1,0 +1,240 @@
+"""gate.py
+=======
+
+Connections that have not associated yet. A PACS sends its A-ASSOCIATE-RQ as soon as its TCP
+connection is up; a connection that does not is *pending*. Pending connections are capped per
+peer address (``network.max_pending_per_address``) and in total (``network.max_pending``): one
+more is closed at once, before any thread is started for it. Each must deliver its
+A-ASSOCIATE-RQ within ``network.request_timeout_s`` (enforced in
+:mod:`sonoshot.dicom_io.upper_layer`). ``network.max_associations`` counts associations only,
+so idle or half-open connections cannot take the slots of senders that associate.
+
+:class:`GuardedServer` is pynetdicom's threaded association server, changed through public
+extension points (socketserver's ``get_request`` and ``verify_request``, pynetdicom's
+``make_server(server_class=..., request_handler=...)``): accepted sockets get ``TCP_NODELAY`` and
+a timeout; a TLS handshake runs in the connection's own thread within the request timeout
+rather than in the accept loop (where one silent peer would stall every other); and
+:class:`ConnectionGate` admits or closes each new connection. :class:`GatedAE` leaves pending
+connections (and ended ones) out of the association count pynetdicom checks against
+``maximum_associations``. :class:`SharedContext` spares each new connection pynetdicom's deep copy of the supported
+presentation contexts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import socketserver
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from sonoshot.logs import RateLimitedLog
+
+log = logging.getLogger(__name__)
+#: A pending connection older than its request timeout plus this is closed by the gate itself.
+OVERDUE_GRACE_S = 5.0
+
+
+@dataclass
+class _Ticket:
+    address: str
+    sock: socket.socket
+    opened: float
+    assoc: Association | None = None
+
+
+class ConnectionGate:
+    """Admits new connections while pending ones stay under the caps; tracks each until it has
+    sent its A-ASSOCIATE-RQ or closed.
+
+    Parameters
+    ----------
+    max_per_address, max_total
+        Pending connections allowed from one peer address, and from all.
+    request_timeout_s
+        How long a connection may stay pending.
+    count_refusal
+        Called with the reason (``pending-per-address``, ``pending-total``) of each connection closed.
+
+    Raises
+    ------
+    ValueError
+        If a cap is below 1, the total below the per-address cap, or the timeout not positive.
+    """
+
+    def __init__(self, max_per_address: int, max_total: int, request_timeout_s: float,
+                 count_refusal: Callable[[str], None] = lambda _reason: None) -> None:
+        if max_per_address < 1 or max_total < max_per_address:
+            raise ValueError(f'Arguments "max_per_address" ({max_per_address}) and "max_total" ({max_total}) must '
+                             f'satisfy 1 <= max_per_address <= max_total.')
+        if not request_timeout_s > 0:
+            raise ValueError(f'Argument "request_timeout_s" must be > 0; got {request_timeout_s!r}.')
+        self.max_per_address, self.max_total = max_per_address, max_total
+        self.request_timeout_s = request_timeout_s
+        self.count_refusal = count_refusal
+        self.warn = RateLimitedLog(log)
+        self._lock = threading.Lock()
+        self._by_socket: dict[socket.socket, _Ticket] = {}
+        self._by_assoc: dict[Association, _Ticket] = {}
+
+    def _prune(self, now: float) -> None:
+        for ticket in list(self._by_socket.values()):
+            assoc = ticket.assoc
+            ended = ticket.sock.fileno() < 0 or (
+                assoc is not None and ((assoc.ident is not None and not assoc.is_alive())
+                                       or assoc.dul.socket is None or assoc.dul.socket.socket is None))
+            overdue = now - ticket.opened > self.request_timeout_s + OVERDUE_GRACE_S
+            if overdue and not ended:
+                log.warning("connection from %s still pending %.0f s after it opened: closed", ticket.address,
+                            now - ticket.opened)
+                with contextlib.suppress(OSError):
+                    ticket.sock.shutdown(socket.SHUT_RDWR)
+            if ended or overdue:
+                self._forget(ticket)
+
+    def _forget(self, ticket: _Ticket) -> None:
+        self._by_socket.pop(ticket.sock, None)
+        if ticket.assoc is not None:
+            self._by_assoc.pop(ticket.assoc, None)
+
+    def admit(self, sock: socket.socket, address: str) -> bool:
+        """Whether a new connection from ``address`` may stay open (it is then pending)."""
+        now = time.monotonic()
+        with self._lock:
+            self._prune(now)
+            total = len(self._by_socket)
+            from_address = sum(1 for t in self._by_socket.values() if t.address == address)
+            if total >= self.max_total:
+                reason, cap = "pending-total", f"{total} pending in all (network.max_pending)"
+            elif from_address >= self.max_per_address:
+                reason, cap = "pending-per-address", f"{from_address} pending from it " \
+                                                     f"(network.max_pending_per_address)"
+            else:
+                self._by_socket[sock] = _Ticket(address, sock, now)
+                return True
+        self.count_refusal(reason)
+        self.warn.warning(reason, "connection from %s closed: %s have not sent an A-ASSOCIATE-RQ yet", address, cap)
+        return False
+
+    def attach(self, assoc: Association) -> float:
+        """Bind a new association to its connection's ticket; returns the monotonic time by which
+        its A-ASSOCIATE-RQ must have arrived."""
+        sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+        with self._lock:
+            ticket = self._by_socket.get(sock) if sock is not None else None
+            if ticket is None:  # not admitted through admit() (a test server, say): pending from now
+                ticket = _Ticket(str(assoc.requestor.address), sock, time.monotonic())
+                if sock is not None:
+                    self._by_socket[sock] = ticket
+            ticket.assoc = assoc
+            self._by_assoc[assoc] = ticket
+            return ticket.opened + self.request_timeout_s
+
+    def release(self, assoc: Association) -> bool:
+        """The connection is no longer pending (its A-ASSOCIATE-RQ arrived, or it closed);
+        returns whether it was pending until now."""
+        with self._lock:
+            ticket = self._by_assoc.get(assoc)
+            if ticket is not None:
+                self._forget(ticket)
+            return ticket is not None
+
+    def holds(self, assoc: Association) -> bool:
+        """Whether ``assoc`` is still pending."""
+        return assoc in self._by_assoc
+
+    def pending(self) -> int:
+        """Connections pending now."""
+        with self._lock:
+            self._prune(time.monotonic())
+            return len(self._by_socket)
+
+
+class SharedContext(PresentationContext):
+    """A supported presentation context shared by every connection.
+
+    pynetdicom deep-copies the server's supported contexts for each connection it accepts; for
+    sonoshot's 171 storage and verification contexts with their 7,654 transfer syntaxes that is
+    about 100 ms of CPU per connection, which any peer could make us spend by connecting.
+    Negotiation only reads the supported contexts, so the copy returns the same object.
+    """
+
+    def __deepcopy__(self, memo: dict[int, object]) -> SharedContext:
+        return self
+
+    @classmethod
+    def of(cls, context: PresentationContext) -> SharedContext:
+        shared = cls()
+        shared.__dict__.update(context.__dict__)
+        return shared
+
+
+class GatedAE(AE):
+    """An AE whose association count (checked against ``maximum_associations`` when an
+    A-ASSOCIATE-RQ is negotiated) leaves out the connections ``gate`` still holds as pending and
+    associations already released or aborted whose threads are still winding down."""
+
+    gate: ConnectionGate | None = None
+
+    @property
+    def active_associations(self) -> list[Association]:
+        gate = self.gate
+        return [a for a in super().active_associations
+                if not (a.is_released or a.is_aborted) and (gate is None or not gate.holds(a))]
+
+
+class GuardedRequestHandler(RequestHandler):
+    """pynetdicom's request handler, with the TLS handshake done first, within the socket's timeout."""
+
+    server: GuardedServer
+
+    def handle(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            try:
+                self.request.do_handshake()
+            except (OSError, ValueError) as exc:
+                self.server.gate.count_refusal("tls-handshake")
+                self.server.gate.warn.warning("tls-handshake", "TLS handshake with %s failed: %s",
+                                              self.client_address[0], exc)
+                self.server.shutdown_request(self.request)
+                return
+        super().handle()
+
+
+class GuardedServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server admitting connections through ``gate`` (see the module notes)."""
+
+    request_queue_size = 128  # socketserver's default backlog of 5 drops SYNs under a connection burst
+
+    def __init__(self, *args, gate: ConnectionGate, **kwargs) -> None:
+        self.gate = gate
+        super().__init__(*args, request_handler=GuardedRequestHandler, **kwargs)
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self.socket.accept()
+        try:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client.settimeout(self.gate.request_timeout_s)
+            if self.ssl_context:
+                client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        except OSError:
+            client.close()
+            raise
+        return client, address
+
+    def verify_request(self, request: socket.socket, client_address: tuple[str, int]) -> bool:
+        return self.gate.admit(request, client_address[0])
+
+    def shutdown(self) -> None:
+        """Stop serving and close the listening socket (this server is not in ``AE._servers``)."""
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
