@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 #: ``outcome`` label values of ``sonoshot_instances_received_total``.
 INSTANCE_OUTCOMES = ("stored", "duplicate", "refused")
 #: ``reason`` label values of ``sonoshot_connections_refused_total`` (see docs/operations.md).
-REFUSAL_REASONS = ("pending-per-address", "pending-total", "request-timeout", "tls-handshake", "pdu-too-large",
+REFUSAL_REASONS = ("pending-per-address", "pending-total", "pending-evicted", "request-timeout", "tls-handshake", "pdu-too-large",
                    "pdu-unknown-type", "pdu-unexpected", "pdu-malformed", "pdu-timeout", "dimse-malformed",
                    "dimse-too-large", "disk-full")
 #: ``stage`` label values of ``sonoshot_stage_duration_seconds``.

@@ -4,7 +4,12 @@
 Connections that have not associated yet. A PACS sends its A-ASSOCIATE-RQ as soon as its TCP
 connection is up; a connection that does not is *pending*. Pending connections are capped per
 peer address (``network.max_pending_per_address``) and in total (``network.max_pending``): one
-more is closed at once, before any thread is started for it. Each must deliver its
+more from an address at its cap is closed at once, before any thread is started for it. When
+the total is reached, a newcomer from an address that holds at least two fewer pending connections
+than the address holding the most takes the place of that address's oldest one, or else of the oldest
+pending connection if it has waited :data:`EVICT_AFTER_S`; otherwise it is closed. So idle
+connections from many addresses cannot keep out a sender that connects and associates at once.
+Each must deliver its
 A-ASSOCIATE-RQ within ``network.request_timeout_s`` (enforced in
 :mod:`sonoshot.dicom_io.upper_layer`). ``network.max_associations`` counts associations only,
 so idle or half-open connections cannot take the slots of senders that associate.
@@ -42,6 +47,9 @@ from sonoshot.logs import RateLimitedLog
 log = logging.getLogger(__name__)
 #: A pending connection older than its request timeout plus this is closed by the gate itself.
 OVERDUE_GRACE_S = 5.0
+#: At the total cap, a pending connection this old may be closed to admit a newcomer (a PACS sends
+#: its request within milliseconds of connecting).
+EVICT_AFTER_S = 1.0
 
 
 @dataclass
@@ -63,7 +71,8 @@ class ConnectionGate:
     request_timeout_s
         How long a connection may stay pending.
     count_refusal
-        Called with the reason (``pending-per-address``, ``pending-total``) of each connection closed.
+        Called with the reason (``pending-per-address``, ``pending-total``, ``pending-evicted``) of
+        each connection closed.
 
     Raises
     ------
@@ -109,21 +118,42 @@ class ConnectionGate:
     def admit(self, sock: socket.socket, address: str) -> bool:
         """Whether a new connection from ``address`` may stay open (it is then pending)."""
         now = time.monotonic()
+        evicted: _Ticket | None = None
         with self._lock:
             self._prune(now)
-            total = len(self._by_socket)
-            from_address = sum(1 for t in self._by_socket.values() if t.address == address)
-            if total >= self.max_total:
-                reason, cap = "pending-total", f"{total} pending in all (network.max_pending)"
-            elif from_address >= self.max_per_address:
-                reason, cap = "pending-per-address", f"{from_address} pending from it " \
-                                                     f"(network.max_pending_per_address)"
+            counts: dict[str, int] = {}
+            for ticket in self._by_socket.values():
+                counts[ticket.address] = counts.get(ticket.address, 0) + 1
+            from_address = counts.get(address, 0)
+            if from_address >= self.max_per_address:
+                reason, cap = "pending-per-address", f"{from_address} pending from it (network.max_pending_per_address)"
+            elif len(self._by_socket) >= self.max_total:
+                evicted = self._evictable(counts, from_address, now)
+                reason, cap = "pending-total", f"{len(self._by_socket)} pending in all (network.max_pending)"
+                if evicted is not None:
+                    self._forget(evicted)
+                    self._by_socket[sock] = _Ticket(address, sock, now)
             else:
                 self._by_socket[sock] = _Ticket(address, sock, now)
                 return True
-        self.count_refusal(reason)
-        self.warn.warning(reason, "connection from %s closed: %s have not sent an A-ASSOCIATE-RQ yet", address, cap)
-        return False
+        if evicted is None:
+            self.count_refusal(reason)
+            self.warn.warning(reason, "connection from %s closed: %s have not sent an A-ASSOCIATE-RQ yet", address, cap)
+            return False
+        with contextlib.suppress(OSError):
+            evicted.sock.shutdown(socket.SHUT_RDWR)
+        self.count_refusal("pending-evicted")
+        self.warn.warning("pending-evicted", "connection from %s pending for %.1f s closed for one from %s: %s",
+                          evicted.address, now - evicted.opened, address, cap)
+        return True
+
+    def _evictable(self, counts: dict[str, int], from_address: int, now: float) -> _Ticket | None:
+        """At the total cap: the pending connection a newcomer holding ``from_address`` may replace."""
+        busiest = max(counts, key=counts.__getitem__)
+        if counts[busiest] > from_address + 1:
+            return min((t for t in self._by_socket.values() if t.address == busiest), key=lambda t: t.opened)
+        oldest = min(self._by_socket.values(), key=lambda t: t.opened)
+        return oldest if now - oldest.opened >= EVICT_AFTER_S else None
 
     def attach(self, assoc: Association) -> float:
         """Bind a new association to its connection's ticket; returns the monotonic time by which

@@ -247,7 +247,7 @@ class Connection:
     # -- reading PDUs -----------------------------------------------------------------------
 
     def _deadline(self) -> float | None:
-        if self.dul.state_machine.current_state == "Sta2":
+        if self.pending:  # the state machine may not even have left Sta1 yet
             return self.request_deadline
         timeout = self.guard.limits.network_timeout_s
         return None if timeout is None else time.monotonic() + timeout
