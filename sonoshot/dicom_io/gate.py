@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from weakref import WeakSet
 
 from pynetdicom import AE
 from pynetdicom.association import Association
@@ -94,6 +95,7 @@ class ConnectionGate:
         self._lock = threading.Lock()
         self._by_socket: dict[socket.socket, _Ticket] = {}
         self._by_assoc: dict[Association, _Ticket] = {}
+        self._associations: WeakSet[Association] = WeakSet()
 
     def _prune(self, now: float) -> None:
         for ticket in list(self._by_socket.values()):
@@ -169,18 +171,25 @@ class ConnectionGate:
             self._by_assoc[assoc] = ticket
             return ticket.opened + self.request_timeout_s
 
-    def release(self, assoc: Association) -> bool:
-        """The connection is no longer pending (its A-ASSOCIATE-RQ arrived, or it closed);
-        returns whether it was pending until now."""
+    def requested(self, assoc: Association) -> None:
+        """The connection's A-ASSOCIATE-RQ arrived: no longer pending, and from now on an association."""
+        with self._lock:
+            ticket = self._by_assoc.get(assoc)
+            if ticket is not None:
+                self._forget(ticket)
+            self._associations.add(assoc)
+
+    def closed(self, assoc: Association) -> bool:
+        """The connection closed; returns whether it was still pending (not closed by the gate)."""
         with self._lock:
             ticket = self._by_assoc.get(assoc)
             if ticket is not None:
                 self._forget(ticket)
             return ticket is not None
 
-    def holds(self, assoc: Association) -> bool:
-        """Whether ``assoc`` is still pending."""
-        return assoc in self._by_assoc
+    def is_association(self, assoc: Association) -> bool:
+        """Whether ``assoc`` sent its A-ASSOCIATE-RQ (it counts against ``max_associations``)."""
+        return assoc in self._associations
 
     def pending(self) -> int:
         """Connections pending now."""
@@ -210,8 +219,9 @@ class SharedContext(PresentationContext):
 
 class GatedAE(AE):
     """An AE whose association count (checked against ``maximum_associations`` when an
-    A-ASSOCIATE-RQ is negotiated) leaves out the connections ``gate`` still holds as pending and
-    associations already released or aborted whose threads are still winding down."""
+    A-ASSOCIATE-RQ is negotiated) holds only connections that sent one (``gate`` knows which) and
+    have not been released or aborted: not pending connections, nor ended ones whose threads are
+    still winding down."""
 
     gate: ConnectionGate | None = None
 
@@ -219,7 +229,7 @@ class GatedAE(AE):
     def active_associations(self) -> list[Association]:
         gate = self.gate
         return [a for a in super().active_associations
-                if not (a.is_released or a.is_aborted) and (gate is None or not gate.holds(a))]
+                if not (a.is_released or a.is_aborted) and (gate is None or gate.is_association(a))]
 
 
 class GuardedRequestHandler(RequestHandler):

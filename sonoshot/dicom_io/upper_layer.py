@@ -496,7 +496,7 @@ class Connection:
     def requested(self) -> None:
         """EVT_REQUESTED: the A-ASSOCIATE-RQ arrived in time; no longer pending."""
         self.pending = False
-        self.guard.gate.release(self.assoc)
+        self.guard.gate.requested(self.assoc)
         self.assoc.acse_timeout = self.guard.limits.acse_timeout_s
 
     def established(self) -> None:
@@ -510,13 +510,15 @@ class Connection:
         """EVT_CONN_CLOSE: drop a partial dataset; a connection that never sent its request is counted
         and its association thread let go at once."""
         self.discard_partial()
-        if self.pending and self.guard.gate.release(self.assoc):
-            self.pending = False
-            if time.monotonic() >= self.request_deadline - 0.01:
-                self.guard.count_refusal("request-timeout")
-                self.guard.warn.warning("request-timeout", "connection from %s closed: no A-ASSOCIATE-RQ within "
-                                        "network.request_timeout_s", self.peer)
-            self.dul.to_user_queue.close()
+        if not self.pending:
+            return
+        self.pending = False
+        counted = self.guard.gate.closed(self.assoc)  # False: the gate closed it (and counted why)
+        if counted and time.monotonic() >= self.request_deadline - 0.01:
+            self.guard.count_refusal("request-timeout")
+            self.guard.warn.warning("request-timeout", "connection from %s closed: no A-ASSOCIATE-RQ within "
+                                    "network.request_timeout_s", self.peer)
+        self.dul.to_user_queue.close()
 
     def close_wake(self) -> None:
         wake, self.dul_wake = self.dul_wake, None
