@@ -2,17 +2,15 @@
 =======
 
 Connections that have not associated yet. A PACS sends its A-ASSOCIATE-RQ as soon as its TCP
-connection is up; a connection that does not is *pending*. Pending connections are capped per
-peer address (``network.max_pending_per_address``) and in total (``network.max_pending``): one
-more from an address at its cap is closed at once, before any thread is started for it. When
-the total is reached, a newcomer from an address that holds at least two fewer pending connections
-than the address holding the most takes the place of that address's oldest one, or else of the oldest
-pending connection if it has waited :data:`EVICT_AFTER_S`; otherwise it is closed. So idle
-connections from many addresses cannot keep out a sender that connects and associates at once.
-Each must deliver its
-A-ASSOCIATE-RQ within ``network.request_timeout_s`` (enforced in
-:mod:`sonoshot.dicom_io.upper_layer`). ``network.max_associations`` counts associations only,
-so idle or half-open connections cannot take the slots of senders that associate.
+connection is up; a connection that does not is *pending*, and must deliver it within
+``network.request_timeout_s`` (enforced in :mod:`sonoshot.dicom_io.upper_layer`). Pending
+connections are capped per peer address (``network.max_pending_per_address``) and in total
+(``network.max_pending``): one more from an address at its cap is closed at once, before any
+thread is started for it. At the total cap, a newcomer from an address holding at least two
+fewer pending connections than the busiest address takes the place of that address's oldest one,
+or else of the oldest pending connection if it has waited :data:`EVICT_AFTER_S`; otherwise it is
+closed. So idle connections, from one address or many, cannot keep out a sender that connects and
+associates at once. ``network.max_associations`` counts associations only.
 
 :class:`GuardedServer` is pynetdicom's threaded association server, changed through public
 extension points (socketserver's ``get_request`` and ``verify_request``, pynetdicom's
@@ -21,8 +19,9 @@ a timeout; a TLS handshake runs in the connection's own thread within the reques
 rather than in the accept loop (where one silent peer would stall every other); and
 :class:`ConnectionGate` admits or closes each new connection. :class:`GatedAE` leaves pending
 connections (and ended ones) out of the association count pynetdicom checks against
-``maximum_associations``. :class:`SharedContext` spares each new connection pynetdicom's deep copy of the supported
-presentation contexts.
+``maximum_associations``. :class:`SharedContexts` spares each new connection pynetdicom's deep
+copy of the supported presentation contexts, and :class:`NumericAddress` its two address
+look-ups: together about 100 ms of CPU per connection here, which any peer could make us spend.
 """
 
 from __future__ import annotations
@@ -40,8 +39,7 @@ from weakref import WeakSet
 
 from pynetdicom import AE
 from pynetdicom.association import Association
-from pynetdicom.presentation import PresentationContext
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import AddressInformation, RequestHandler, ThreadedAssociationServer
 
 from sonoshot.logs import RateLimitedLog
 
@@ -198,30 +196,24 @@ class ConnectionGate:
             return len(self._by_socket)
 
 
-class SharedContext(PresentationContext):
-    """A supported presentation context shared by every connection.
+class SharedContexts(list):
+    """The supported presentation contexts, shared by every connection.
 
     pynetdicom deep-copies the server's supported contexts for each connection it accepts; for
     sonoshot's 171 storage and verification contexts with their 7,654 transfer syntaxes that is
     about 100 ms of CPU per connection, which any peer could make us spend by connecting.
-    Negotiation only reads the supported contexts, so the copy returns the same object.
+    Negotiation only reads the supported contexts, so the copy returns the same list.
     """
 
-    def __deepcopy__(self, memo: dict[int, object]) -> SharedContext:
+    def __deepcopy__(self, memo: dict[int, object]) -> SharedContexts:
         return self
-
-    @classmethod
-    def of(cls, context: PresentationContext) -> SharedContext:
-        shared = cls()
-        shared.__dict__.update(context.__dict__)
-        return shared
 
 
 class GatedAE(AE):
     """An AE whose association count (checked against ``maximum_associations`` when an
     A-ASSOCIATE-RQ is negotiated) holds only connections that sent one (``gate`` knows which) and
-    have not been released or aborted: not pending connections, nor ended ones whose threads are
-    still winding down."""
+    are still connected and neither released nor aborted: not pending connections, nor ended ones
+    whose threads are still winding down (writing their audit rows, say)."""
 
     gate: ConnectionGate | None = None
 
@@ -229,13 +221,41 @@ class GatedAE(AE):
     def active_associations(self) -> list[Association]:
         gate = self.gate
         return [a for a in super().active_associations
-                if not (a.is_released or a.is_aborted) and (gate is None or gate.is_association(a))]
+                if not (a.is_released or a.is_aborted) and _connected(a) and (gate is None or gate.is_association(a))]
+
+
+def _connected(assoc: Association) -> bool:
+    """Whether the association's TCP connection is still open."""
+    wrapper = assoc.dul.socket
+    return wrapper is not None and wrapper.socket is not None and wrapper.socket.fileno() >= 0
+
+
+class NumericAddress(AddressInformation):
+    """An address that is already numeric (from ``accept`` or ``getsockname``): pynetdicom's
+    resolves every address it is given with ``getaddrinfo``, twice per accepted connection."""
+
+    @property
+    def address(self) -> str:
+        return self._numeric
+
+    @address.setter
+    def address(self, value: str) -> None:
+        self._numeric = value
 
 
 class GuardedRequestHandler(RequestHandler):
-    """pynetdicom's request handler, with the TLS handshake done first, within the socket's timeout."""
+    """pynetdicom's request handler, with the TLS handshake done first, within the socket's
+    timeout, and the peer's and our addresses taken as they are."""
 
     server: GuardedServer
+
+    @property
+    def local(self) -> AddressInformation:
+        return NumericAddress(*self.server.server_address[:2])
+
+    @property
+    def remote(self) -> AddressInformation:
+        return NumericAddress(*self.client_address[:2])
 
     def handle(self) -> None:
         if isinstance(self.request, ssl.SSLSocket):

@@ -33,7 +33,7 @@ from pynetdicom.utils import make_target
 from sonoshot.config import NetworkConfig, TLSConfig
 from sonoshot.db.store import NewInstance, Store
 from sonoshot.dicom_io import upper_layer
-from sonoshot.dicom_io.gate import ConnectionGate, GatedAE, GuardedServer, SharedContext
+from sonoshot.dicom_io.gate import ConnectionGate, GatedAE, GuardedServer, SharedContexts
 from sonoshot.dicom_io.spool import Spool, UnsafeUID
 from sonoshot.dicom_io.structure import summarize, summarize_file
 
@@ -258,7 +258,7 @@ def start_scp(network: NetworkConfig, receiver: Receiver) -> GuardedServer:
     ]
     ssl_context = server_ssl_context(network.tls) if network.tls.enabled else None
     server = ae.make_server((network.bind_address, network.port), evt_handlers=handlers, ssl_context=ssl_context,
-                            contexts=[SharedContext.of(cx) for cx in ae.supported_contexts],
+                            contexts=SharedContexts(ae.supported_contexts),
                             server_class=GuardedServer, gate=gate)
     thread = threading.Thread(target=make_target(server.serve_forever),
                               name=f"AcceptorServer@{datetime.now():%Y%m%d%H%M%S}", daemon=True)
