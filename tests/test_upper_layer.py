@@ -25,7 +25,7 @@ from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import UltrasoundMultiFrameImageStorage, Verification
-from pynetdicom.transport import RequestHandler
+from pynetdicom.transport import AssociationServer, RequestHandler
 
 from sonoshot.config import NetworkConfig, TLSConfig
 from sonoshot.db.store import Store
@@ -114,6 +114,7 @@ def test_the_private_members_the_hooks_replace_exist():
     assert "self._run_reactor()" in inspect.getsource(Association.run_reactor)
     assert "os.unlink(req._dataset_file.name)" in inspect.getsource(StorageServiceClass.SCP)
     assert "deepcopy(self.server.contexts)" in inspect.getsource(RequestHandler._create_association)
+    assert "gc.collect()" in inspect.getsource(AssociationServer.service_actions)  # what GuardedServer skips
 
 
 def test_each_connection_gets_the_hooks_and_shares_the_contexts(scp):

@@ -294,6 +294,12 @@ class GuardedServer(ThreadedAssociationServer):
     def verify_request(self, request: socket.socket, client_address: tuple[str, int]) -> bool:
         return self.gate.admit(request, client_address[0])
 
+    def service_actions(self) -> None:
+        """Nothing: pynetdicom forces ``gc.collect()`` here every 60 connections, which stops the
+        whole process for as long as a full collection takes (0.4 s here with torch loaded), so a
+        peer opening connections could stall every association. Python's own collector frees the
+        ended associations' reference cycles."""
+
     def shutdown(self) -> None:
         """Stop serving and close the listening socket (this server is not in ``AE._servers``)."""
         socketserver.BaseServer.shutdown(self)
