@@ -172,6 +172,15 @@ def test_an_idle_association_does_not_poll(scp):
 
 # -- PDU limits ------------------------------------------------------------------------------
 
+def _even_context_id(rq: bytes) -> bytes:
+    """The A-ASSOCIATE-RQ with its first presentation context ID made even (pynetdicom encodes no such thing)."""
+    application_context = 6 + 68
+    assert rq[application_context] == 0x10
+    context = application_context + 4 + int.from_bytes(rq[application_context + 2:application_context + 4], "big")
+    assert rq[context] == 0x20 and rq[context + 4] == 1
+    return rq[:context + 4] + b"\x02" + rq[context + 5:]
+
+
 @pytest.mark.parametrize(("data", "reason", "abort_reason"), [
     (pdu(0x01, b"", declared=2**32 - 1), "pdu-too-large", 0x06),  # a 4 GiB A-ASSOCIATE-RQ
     (pdu(0x01, b"", declared=256 * 1024 + 1), "pdu-too-large", 0x06),
@@ -180,7 +189,10 @@ def test_an_idle_association_does_not_poll(scp):
     (pdu(0x09, b"\0" * 10), "pdu-unknown-type", 0x01),
     (pdu(0x05, b"", declared=10**6), "pdu-too-large", 0x06),  # A-RELEASE-RQ is 4 bytes long
     (pdu(0x01, b"\xff" * 68), "pdu-malformed", 0x06),
-], ids=["rq-4GiB", "rq-over-256KiB", "p-data-first", "ac-to-acceptor", "unknown-type", "huge-release", "garbage-rq"])
+    (_even_context_id(associate_rq()), "pdu-malformed", 0x06),
+    (pdu(0x07, b"\0\0\x05\x00"), "pdu-malformed", 0x06),  # an A-ABORT from source 5
+], ids=["rq-4GiB", "rq-over-256KiB", "p-data-first", "ac-to-acceptor", "unknown-type", "huge-release", "garbage-rq",
+        "even-context-id", "abort-source-5"])
 def test_a_bad_pdu_before_association_is_refused_from_its_header(scp, data, reason, abort_reason):
     server = scp()
     with RawPeer(server.port) as peer:

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 import pydicom
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
+from pynetdicom import _config as pynetdicom_config
 
 from sonoshot.config import Config, load_config
 from sonoshot.daemon import http, jobs, retention
@@ -65,6 +66,9 @@ class Service:
     def start(self) -> None:
         # Stored exactly as received: devices write invalid values, which must not stop us reading.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        # pynetdicom's "standard" handlers format every PDU and DIMSE message for its debug log, on
+        # the receiving threads; sonoshot logs associations and refusals itself.
+        pynetdicom_config.LOG_HANDLER_LEVEL = "none"
         self.store.migrate()
         jobs.recover(self.spool, self.store)
         self.load_detector()

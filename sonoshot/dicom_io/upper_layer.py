@@ -69,8 +69,9 @@ from sonoshot.logs import RateLimitedLog
 log = logging.getLogger(__name__)
 
 #: Largest A-ASSOCIATE-RQ accepted: 128 presentation contexts of one 64-character abstract and
-#: eight 64-character transfer syntaxes (79,360 bytes), a user identity item with both its fields
-#: full (131,076 bytes) and the rest of the request fit in it.
+#: eight 64-character transfer syntaxes (79,360 bytes), a user information item at its largest
+#: (65,539 bytes, room for a Kerberos or SAML user identity of 64 KiB) and the rest of the request
+#: (about 150 KB in all) fit in it.
 ASSOCIATE_RQ_LIMIT = 256 * 1024
 #: A-RELEASE-RQ/RP and A-ABORT have a 4-byte body; a little slack for padding peers.
 SMALL_PDU_LIMIT = 64
@@ -335,6 +336,8 @@ class Connection:
         pdu = pdu_class()
         try:
             pdu.decode(data)
+            if pdu_type != 0x04:  # the state machine converts it next, outside any handler: an even
+                pdu.to_primitive()  # presentation context ID or an A-ABORT source of 3 would end the DUL thread
         except Exception as exc:  # pynetdicom raises many types for malformed PDUs
             self.refuse("pdu-malformed", f"{name} PDU cannot be decoded ({type(exc).__name__})",
                         ABORT_INVALID_PARAMETER)
