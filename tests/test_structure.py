@@ -1,4 +1,5 @@
-"""The C-STORE handler's structural walk, on real files and on broken copies of them."""
+"""The C-STORE handler's structural walk, on real files and on broken copies of them, and the
+Part 10 header it writes in front of each dataset."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import pytest
 from pydicom.filereader import read_preamble
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
+
+from sonoshot.dicom_io.part10 import part10_header
 from sonoshot.dicom_io.structure import MAX_DEPTH, summarize, summarize_file
 from tests.util import testdata
 
@@ -145,3 +149,16 @@ def test_summarize_file_needs_a_part_10_file(tmp_path):
     path.write_bytes(SOP)
     with pytest.raises(ValueError, match="not a DICOM file"):
         summarize_file(path, ExplicitVRLittleEndian)
+
+
+@pytest.mark.parametrize(("sop_class", "sop_instance", "syntax"), [
+    ("1.2.840.10008.5.1.4.1.1.6.1", "1.2.3.4", ExplicitVRLittleEndian),  # odd and even UID lengths
+    ("1.2.840.10008.5.1.4.1.1.3.1", "1.2.3.45", JPEGBaseline8Bit),
+    ("1.2.840.10008.5.1.4.1.1.7", "2.25.1" + "0" * 58, "1.2.840.10008.1.2"),
+])
+def test_the_part10_header_is_what_pynetdicom_would_write(sop_class, sop_instance, syntax):
+    expected = b"\0" * 128 + b"DICM" + encode_file_meta(create_file_meta(
+        sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=syntax))
+    assert part10_header(sop_class, sop_instance, syntax) == expected
+    with pytest.raises(ValueError, match="sop_instance_uid"):
+        part10_header(sop_class, "1." * 40, syntax)

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.dsutils import encode_file_meta
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.sop_class import Verification
 from pynetdicom.utils import make_target
@@ -34,6 +33,7 @@ from sonoshot.config import NetworkConfig, TLSConfig
 from sonoshot.db.store import NewInstance, Store
 from sonoshot.dicom_io import upper_layer
 from sonoshot.dicom_io.gate import ConnectionGate, GatedAE, GuardedServer, SharedContexts
+from sonoshot.dicom_io.part10 import part10_header
 from sonoshot.dicom_io.spool import Spool, UnsafeUID
 from sonoshot.dicom_io.structure import summarize, summarize_file
 
@@ -119,7 +119,7 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
         return _duplicate(event, receiver, sop_uid, study_uid)
     try:
         if streamed is None:
-            head = b"\0" * 128 + b"DICM" + encode_file_meta(event.file_meta)
+            head = part10_header(str(event.request.AffectedSOPClassUID), request_uid, str(syntax))
             size = receiver.spool.put(relative, head, data)
         else:
             size = receiver.spool.adopt(relative, streamed)

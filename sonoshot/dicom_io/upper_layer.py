@@ -58,11 +58,11 @@ from weakref import WeakKeyDictionary
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
-from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.pdu import (A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ, A_RELEASE_RP,
                             A_RELEASE_RQ, P_DATA_TF)
 
 from sonoshot.dicom_io.gate import ConnectionGate
+from sonoshot.dicom_io.part10 import part10_header
 from sonoshot.dicom_io.spool import Spool
 from sonoshot.logs import RateLimitedLog
 
@@ -423,10 +423,8 @@ class Connection:
         try:
             contexts = {cx.context_id: cx for cx in self.assoc.accepted_contexts}
             command = message.command_set
-            meta = create_file_meta(sop_class_uid=command.AffectedSOPClassUID,
-                                    sop_instance_uid=command.AffectedSOPInstanceUID,
-                                    transfer_syntax=contexts[message.context_id].transfer_syntax[0])
-            head = b"\0" * 128 + b"DICM" + encode_file_meta(meta)
+            head = part10_header(str(command.AffectedSOPClassUID), str(command.AffectedSOPInstanceUID),
+                                 str(contexts[message.context_id].transfer_syntax[0]))
         except Exception as exc:  # a command set pydicom cannot encode back, an unknown context
             self.refuse("dimse-malformed", f"a C-STORE request whose file meta cannot be built ({type(exc).__name__})")
             return
