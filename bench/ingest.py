@@ -17,7 +17,9 @@ sent with DCMTK ``storescu`` to each receiver in turn, in the same run, a few re
   unmodified pynetdicom, on this machine.
 
 Each repetition gets a fresh receiver (empty spool, database or output folder) so no instance is
-a duplicate. With ``--senders N`` the instances are split into N parts sent by N ``storescu`` at
+a duplicate. Beside the wall time, the receiver's own CPU time while it received (user and
+system, from /proc; storescp's forked children included) is shown per instance: it moves much
+less with the load from other work than the wall time does. With ``--senders N`` the instances are split into N parts sent by N ``storescu`` at
 once (one association each); the time is from the first start to the last release. The table
 shows the median over repetitions and the ratio to storescp. Targets (issue 13): sonoshot
 >= 0.35x storescp over one association, >= 0.5x with 4 senders against ``storescp --fork``.
@@ -134,15 +136,30 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def send(port: int, aet: str, groups: list[list[Path]], calling_aet: str = "BENCHSCU") -> float:
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its reaped children (``storescp --fork``), user and system."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+#: CPU seconds each receiver spent while it received, per run (filled by ``send``).
+CPU: list[float] = []
+
+
+def send(port: int, aet: str, groups: list[list[Path]], calling_aet: str = "BENCHSCU",
+         receiver: int | None = None) -> float:
     """Seconds until ``storescu`` has sent every group, one association per group, all at once;
-    exits on any failure."""
+    exits on any failure. With ``receiver`` (a pid), its CPU time meanwhile goes into :data:`CPU`."""
+    cpu_before = cpu_seconds(receiver) if receiver else 0.0
     start = time.perf_counter()
     senders = [subprocess.Popen(["storescu", "-xy", "-aet", calling_aet, "-aec", aet, "127.0.0.1", str(port),
                                  *map(str, files)], env=DCMTK_ENV, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True) for files in groups]
     errors = [sender.communicate()[1] for sender in senders]
     seconds = time.perf_counter() - start
+    if receiver:
+        time.sleep(0.2)  # storescp --fork reaps the last child after its association ends
+        CPU.append(cpu_seconds(receiver) - cpu_before)
     for sender, error in zip(senders, errors):
         if sender.returncode != 0:
             sys.exit(f"storescu to {aet} failed ({sender.returncode}):\n{error[-3000:]}")
@@ -160,7 +177,7 @@ def time_receiver(command: list[str], port: int, aet: str, name: str, groups: li
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(process, port, aet, name)
-        seconds = send(port, aet, groups)
+        seconds = send(port, aet, groups, receiver=process.pid)
     finally:
         stop(process)
     stored = sum(1 for p in out.rglob("*") if p.is_file())
@@ -252,7 +269,7 @@ def count_stored(work: Path) -> int:
 def run_sonoshot(groups: list[list[Path]], work: Path, fsync: bool, network: dict | None = None) -> float:
     process, port, log = start_sonoshot(sonoshot_config(work, fsync, network))
     try:
-        seconds = send(port, AET, groups)
+        seconds = send(port, AET, groups, receiver=process.pid)
     finally:
         stop(process)
     stored, expected = count_stored(work), sum(len(g) for g in groups)
@@ -261,15 +278,18 @@ def run_sonoshot(groups: list[list[Path]], work: Path, fsync: bool, network: dic
     return seconds
 
 
-def table(times: dict[str, list[float]], count: int, megabytes: float, repeat: int, base_name: str) -> dict[str, float]:
+def table(times: dict[str, list[float]], count: int, megabytes: float, repeat: int, base_name: str,
+          cpu: dict[str, list[float]] | None = None) -> dict[str, float]:
     base = statistics.median(times[base_name])
     print()
-    print(f"{'median of ' + str(repeat):26} {'seconds':>8} {'inst/s':>8} {'MB/s':>8} {'x ' + base_name.split()[0]:>11}")
+    print(f"{'median of ' + str(repeat):26} {'seconds':>8} {'inst/s':>8} {'MB/s':>8} {'x ' + base_name.split()[0]:>11}"
+          + (f" {'CPU ms/inst':>12}" if cpu else ""))
     ratios = {}
     for name, seconds in times.items():
         median = statistics.median(seconds)
         ratios[name] = base / median
-        print(f"{name:26} {median:8.2f} {count / median:8.1f} {megabytes / median:8.1f} {ratios[name]:11.2f}")
+        print(f"{name:26} {median:8.2f} {count / median:8.1f} {megabytes / median:8.1f} {ratios[name]:11.2f}"
+              + (f" {statistics.median(cpu[name]) * 1000 / count:12.2f}" if cpu else ""))
     return ratios
 
 
@@ -283,15 +303,17 @@ def ingest(args: argparse.Namespace, files: list[Path], megabytes: float, tmp: P
         "pynetdicom bare": run_bare_pynetdicom,
     }
     times: dict[str, list[float]] = {name: [] for name in receivers}
+    cpu: dict[str, list[float]] = {name: [] for name in receivers}
     for rep in range(args.repeat):
         for name, run in receivers.items():
             work = Path(tempfile.mkdtemp(dir=tmp, prefix="run-"))
             times[name].append(run(groups, work))
+            cpu[name].append(CPU.pop())
             shutil.rmtree(work)
         print(f"repetition {rep + 1}/{args.repeat}: "
               + ", ".join(f"{name} {times[name][-1]:.2f} s" for name in receivers), flush=True)
     base_name = next(iter(receivers))
-    ratios = table(times, len(files), megabytes, args.repeat, base_name)
+    ratios = table(times, len(files), megabytes, args.repeat, base_name, cpu)
     target = 0.35 if args.senders == 1 else 0.5
     ratio = ratios["sonoshot (fsync on)"]
     print(f"\n{args.senders} sender(s): sonoshot (fsync on) / {base_name}: {ratio:.2f}x (target >= {target}x): "

@@ -333,3 +333,13 @@ def test_maximum_associations_and_sigterm_drain(tmp_path):
         assert echo("127.0.0.1", d.port, d.aet)
         assert d.stop() == 0
         assert "stopping: draining work in progress" in d.log()
+
+
+def test_study_workers_run_below_the_receiver(daemon):
+    """The worker thread (and what it starts) has a higher nice value than the receiving threads."""
+    nice = {}
+    for task in Path(f"/proc/{daemon.process.pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        nice[int(task.name)] = int(fields[16])  # field 19 of stat: nice
+    assert nice[daemon.process.pid] == 0
+    assert sorted(set(nice.values())) == [0, 10], nice

@@ -115,7 +115,7 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
         return _refuse(event, receiver, 0xC220, None, why=str(exc))
     if sop_uid != request_uid:
         return _refuse(event, receiver, 0xC221, sop_uid, study_uid)
-    if receiver.spool.path(relative).exists():
+    if receiver.spool.holds(relative):
         return _duplicate(event, receiver, sop_uid, study_uid)
     try:
         if streamed is None:
@@ -202,8 +202,9 @@ def make_ae(network: NetworkConfig, gate: ConnectionGate | None = None) -> Gated
     """An AE that accepts Verification and every storage SOP class in every listed transfer syntax.
 
     Storage classes are those of PS3.4 B.5 known to pynetdicom plus ``extra_sop_classes``;
-    each is offered with :func:`transfer_syntaxes`, and stored exactly as received. Connections
-    ``gate`` holds as pending do not count against ``max_associations``.
+    each is offered with :func:`transfer_syntaxes`, and stored exactly as received. Only
+    connections that sent an A-ASSOCIATE-RQ (``gate`` knows which) count against
+    ``max_associations``.
     """
     ae = GatedAE(ae_title=network.ae_title)
     ae.gate = gate

@@ -185,6 +185,17 @@ class Spool:
             self.folders.sync(target.parent)
         return size
 
+    def holds(self, relative: str) -> bool:
+        """Whether an instance is stored durably at ``relative``. Another association may have
+        renamed it into place a moment ago, before its folder fsync: that fsync is awaited (shared)
+        so a duplicate is never acknowledged ahead of the original's durability."""
+        target = self.root / relative
+        if not target.is_file():
+            return False
+        if self.fsync:
+            self.folders.sync(target.parent)
+        return True
+
     def path(self, relative: str) -> Path:
         return self.root / relative
 
