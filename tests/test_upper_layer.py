@@ -8,6 +8,7 @@ pending connections, datasets streamed to the spool, no deep copy per connection
 
 from __future__ import annotations
 
+import gc
 import inspect
 import io
 import ssl
@@ -144,6 +145,24 @@ def test_the_hooks_run_on_pynetdicom_threads(scp):
     assert _echo(server.port) == 0x0000
     assert {"upper_layer.py:read_pdu", "upper_layer.py:transport_event"} <= seen["pdu"]
     assert "upper_layer.py:run_reactor" in seen["echo"]
+
+
+def test_ended_connections_are_freed(scp):
+    """Nothing keeps an ended connection's association (and its hooks) alive."""
+    server = scp()
+    for n in range(30):
+        with RawPeer(server.port) as peer:
+            if n % 2:
+                peer.send(pdu(0x09, b"\0" * 10))  # refused before association
+            else:
+                assert peer.associate()[0] == A_ASSOCIATE_AC
+                peer.send(RELEASE_RQ)
+            assert peer.closed_by_peer(5) is not None
+    wait_for(lambda: not [t for t in threading.enumerate() if isinstance(t, Association)], timeout=10,
+             what="the association threads to end")
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, (Association, upper_layer.Connection))]
+    assert len(alive) <= 2, f"{len(alive)} associations or connections still referenced"
 
 
 def test_an_idle_association_does_not_poll(scp):

@@ -53,7 +53,6 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from pynetdicom import evt
 from pynetdicom.association import Association
@@ -116,16 +115,17 @@ class Guard:
         self.limits, self.gate, self.spool = limits, gate, spool
         self.count_refusal = count_refusal
         self.warn = RateLimitedLog(log)
-        self.connections: WeakKeyDictionary[Association, Connection] = WeakKeyDictionary()
-        self._lock = threading.Lock()
 
-    def connection(self, assoc: Association) -> Connection | None:
-        with self._lock:
-            return self.connections.get(assoc)
 
-    def add(self, connection: Connection) -> None:
-        with self._lock:
-            self.connections[connection.assoc] = connection
+#: The attribute under which an association carries its :class:`Connection`: the two form a
+#: reference cycle the garbage collector frees with the association (a mapping held here would
+#: keep every association ever accepted alive).
+_CONNECTION = "_sonoshot_connection"
+
+
+def connection_of(assoc: Association) -> Connection | None:
+    """The hooks installed on ``assoc``, if any."""
+    return getattr(assoc, _CONNECTION, None)
 
 
 class _Stalled(Exception):
@@ -531,7 +531,7 @@ def handle_conn_open(event: evt.Event, guard: Guard) -> None:
     """EVT_CONN_OPEN: install the hooks on the new association (see the module notes). If that
     fails the connection is closed: it is never served without its limits."""
     try:
-        guard.add(Connection(event.assoc, guard))
+        setattr(event.assoc, _CONNECTION, Connection(event.assoc, guard))
     except Exception:
         log.exception("cannot install the connection limits; closing the connection from %s", event.address[0])
         with contextlib.suppress(Exception):
@@ -539,26 +539,26 @@ def handle_conn_open(event: evt.Event, guard: Guard) -> None:
         raise
 
 
-def handle_requested(event: evt.Event, guard: Guard) -> None:
+def handle_requested(event: evt.Event) -> None:
     """EVT_REQUESTED: see :meth:`Connection.requested`."""
-    if (connection := guard.connection(event.assoc)) is not None:
+    if (connection := connection_of(event.assoc)) is not None:
         connection.requested()
 
 
-def handle_accepted(event: evt.Event, guard: Guard) -> None:
+def handle_accepted(event: evt.Event) -> None:
     """EVT_ACCEPTED: see :meth:`Connection.established`."""
-    if (connection := guard.connection(event.assoc)) is not None:
+    if (connection := connection_of(event.assoc)) is not None:
         connection.established()
 
 
-def handle_conn_close(event: evt.Event, guard: Guard) -> None:
+def handle_conn_close(event: evt.Event) -> None:
     """EVT_CONN_CLOSE: see :meth:`Connection.closed`."""
-    if (connection := guard.connection(event.assoc)) is not None:
+    if (connection := connection_of(event.assoc)) is not None:
         connection.closed()
 
 
-def handlers(guard: Guard) -> list[tuple[evt.EventType, Callable[..., None], list[Guard]]]:
+def handlers(guard: Guard) -> list[tuple]:
     """The event handlers that install and drive the hooks, for ``start_server(evt_handlers=...)``."""
-    return [(evt.EVT_CONN_OPEN, handle_conn_open, [guard]), (evt.EVT_REQUESTED, handle_requested, [guard]),
-            (evt.EVT_ACCEPTED, handle_accepted, [guard]), (evt.EVT_CONN_CLOSE, handle_conn_close, [guard])]
+    return [(evt.EVT_CONN_OPEN, handle_conn_open, [guard]), (evt.EVT_REQUESTED, handle_requested),
+            (evt.EVT_ACCEPTED, handle_accepted), (evt.EVT_CONN_CLOSE, handle_conn_close)]
 
