@@ -182,7 +182,10 @@ class _SpillFile:
         self._checked_at = 0
 
     def write(self, data: bytes | memoryview) -> int:
-        written = self.file.write(data)
+        view = memoryview(data).cast("B")
+        while view:  # an unbuffered write may take less than it is given
+            view = view[self.file.write(view):]
+        written = memoryview(data).nbytes
         self.written += written
         if self.written - self._checked_at >= DISK_CHECK_BYTES:
             self._checked_at = self.written
