@@ -21,7 +21,7 @@ Colour is normalised the same way for every transfer syntax:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -29,13 +29,17 @@ from pydicom.pixels import apply_color_lut, get_decoder
 from pydicom.uid import UID
 
 __all__ = [
+    "MAX_REGION_OVERSHOOT",
     "FrameFormat",
     "RegionError",
+    "RegionGeometry",
     "UltrasoundRegion",
     "UndecodableError",
+    "UnsupportedTransferSyntaxError",
     "frame_count",
     "frame_format",
     "iter_frames",
+    "region_geometry",
     "ultrasound_regions",
 ]
 
@@ -44,8 +48,18 @@ class UndecodableError(ValueError):
     """The pixel data of an instance cannot be decoded (transfer syntax, plugin or content)."""
 
 
+class UnsupportedTransferSyntaxError(UndecodableError):
+    """No decoder (or no installed decoding plugin) exists for the transfer syntax."""
+
+
 class RegionError(ValueError):
-    """A Sequence of Ultrasound Regions item is incomplete or does not fit the image."""
+    """An ultrasound region has a negative coordinate or a maximum below its minimum."""
+
+
+#: A region may pass the image edge by this many pixels and is clipped (vendors disagree on
+#: whether Region Location Max is inclusive); any grosser mismatch means the regions do not
+#: describe these pixels (a cropped or downscaled copy) and none of them is trusted.
+MAX_REGION_OVERSHOOT = 2
 
 
 _REGION_KEYWORDS = (
@@ -99,33 +113,67 @@ def _image_size(ds: Dataset) -> tuple[int, int]:
         raise UndecodableError("(0028,0010) Rows and (0028,0011) Columns are required") from exc
 
 
-def ultrasound_regions(ds: Dataset) -> list[UltrasoundRegion]:
-    """The validated items of the Sequence of Ultrasound Regions (empty if there is none).
+@dataclass(frozen=True)
+class RegionGeometry:
+    """The Sequence of Ultrasound Regions as trusted for an image.
+
+    ``regions`` are clipped to the image; they are empty when the sequence is absent or not
+    trusted, and ``problem`` then says why (without any value other than coordinates).
+    """
+
+    regions: tuple[UltrasoundRegion, ...]
+    clipped: tuple[int, ...] = ()  # indices of regions clipped to the image edge
+    problem: str = ""  # why the sequence is not trusted; "" when trusted or absent
+
+
+def region_geometry(ds: Dataset) -> RegionGeometry:
+    """Read the Sequence of Ultrasound Regions and decide whether it describes these pixels.
+
+    A region that passes the last column or row by at most :data:`MAX_REGION_OVERSHOOT`
+    pixels is clipped. A region that lacks a coordinate, has inverted bounds, or passes the
+    image by more makes the whole sequence untrusted: the file is treated as having none.
 
     Raises
     ------
-    RegionError
-        If an item lacks a coordinate, has inverted bounds, or does not fit inside
-        (0028,0010) Rows × (0028,0011) Columns. Regions are never clipped.
+    UndecodableError
+        If (0028,0010) Rows or (0028,0011) Columns is missing.
     """
     rows, columns = _image_size(ds)
-    regions = []
+    regions, clipped = [], []
     for index, item in enumerate(ds.get("SequenceOfUltrasoundRegions") or []):
         missing = [k for k in _REGION_KEYWORDS if item.get(k) is None]
         if missing:
-            raise RegionError(f"ultrasound region {index} lacks {', '.join(missing)}")
-        region = UltrasoundRegion(
-            *(int(item[k].value) for k in _REGION_KEYWORDS),
-            spatial_format=int(item.get("RegionSpatialFormat") or 0),
-            data_type=int(item.get("RegionDataType") or 0),
-        )
-        if not region.fits(rows, columns):
-            raise RegionError(
-                f"ultrasound region {index} {region.bounds} does not fit the "
-                f"{columns}×{rows} image (columns 0..{columns - 1}, rows 0..{rows - 1})"
+            return RegionGeometry((), (), f"ultrasound region {index} lacks {', '.join(missing)}")
+        try:
+            region = UltrasoundRegion(
+                *(int(item[k].value) for k in _REGION_KEYWORDS),
+                spatial_format=int(item.get("RegionSpatialFormat") or 0),
+                data_type=int(item.get("RegionDataType") or 0),
             )
+        except RegionError as exc:
+            return RegionGeometry((), (), str(exc))
+        overshoot = max(region.x1 - (columns - 1), region.y1 - (rows - 1), 0)
+        if overshoot > MAX_REGION_OVERSHOOT or region.x0 >= columns or region.y0 >= rows:
+            return RegionGeometry((), (), (
+                f"ultrasound region {index} {region.bounds} does not fit the {columns}×{rows} image "
+                f"(columns 0..{columns - 1}, rows 0..{rows - 1}): the regions do not describe these pixels"
+            ))
+        if overshoot:
+            clipped.append(index)
+            region = replace(region, x1=min(region.x1, columns - 1), y1=min(region.y1, rows - 1))
         regions.append(region)
-    return regions
+    return RegionGeometry(tuple(regions), tuple(clipped))
+
+
+def ultrasound_regions(ds: Dataset) -> list[UltrasoundRegion]:
+    """The trusted regions of :func:`region_geometry`, clipped to the image (empty if none).
+
+    Raises
+    ------
+    UndecodableError
+        If (0028,0010) Rows or (0028,0011) Columns is missing.
+    """
+    return list(region_geometry(ds).regions)
 
 
 def frame_count(ds: Dataset) -> int:
@@ -237,9 +285,9 @@ def _decoder(ds: Dataset):  # noqa: ANN202 - pydicom's Decoder is not part of it
     try:
         decoder = get_decoder(uid)
     except NotImplementedError as exc:
-        raise UndecodableError(f"transfer syntax {_ts_label(uid)} cannot be decoded") from exc
+        raise UnsupportedTransferSyntaxError(f"transfer syntax {_ts_label(uid)} cannot be decoded") from exc
     if not decoder.is_available:
-        raise UndecodableError(
+        raise UnsupportedTransferSyntaxError(
             f"transfer syntax {_ts_label(uid)}: no decoding plugin is installed "
             f"({', '.join(decoder.missing_dependencies) or 'unknown'})"
         )

@@ -34,13 +34,17 @@ from sonoshot.config import DetectorConfig
 from sonoshot.model.backbones import Backbone, create_backbone, prepare_image
 from sonoshot.model.head import (FLIP_VIEWS, TTA_VIEWS, HeadConfig, ProjectionHead,
                                  augment_views, prototypes, support_embedding, train_head,
-                                 tta_embedding)
+                                 tta_embedding, view_geometry)
 from sonoshot.model.inputs import InputImage, dataset_frames
-from sonoshot.model.patches import PatchBank
+from sonoshot.model.maps import FrameMap, place, unview
+from sonoshot.model.patches import PatchBank, image_anomaly
 from sonoshot.model.prompts import class_prompts, ensemble
+from sonoshot.validation.imaging import image_stats
+from sonoshot.model.scope import Scope, ScopeDecision, check_scope, validate_scope
 
 FORMAT_VERSION = 2
 DETECTOR_NAME = "sonoshot-fewshot"
+DEMO_BUNDLE = "demo"  # detector.bundle value that names the packaged demo bundle
 Mode = Literal["labelled", "normal-only", "zero-shot"]
 
 
@@ -55,6 +59,7 @@ class ImageScore:
     sop_instance_uid: str
     frames: tuple[int, ...]  # zero-based frame numbers that were scored
     score: float  # abnormality score in [0, 1] (see HeadState)
+    maps: tuple[FrameMap, ...] = ()  # one per scored frame; empty without a patch memory
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,10 @@ class HeadState:
     patch_scale: tuple[float, float] = (0.0, 1.0)
     views: tuple[int, ...] = TTA_VIEWS  # augmentation views averaged at scoring time
     metrics: dict[str, float] = field(default_factory=dict)
+    # The support's leave-one-out scores and labels (the drift reference, sonoshot.validation)
+    # and, from fit_detector, the image statistics of its frames.
+    validation: dict[str, list] = field(default_factory=dict)
+    map_threshold: float | None = None  # anomaly-map value of an anomalous pixel; None: none
 
     def project(self, emb: np.ndarray) -> torch.Tensor:
         z = torch.as_tensor(emb, dtype=torch.float32)
@@ -106,17 +115,28 @@ class HeadState:
         sims = z @ torch.as_tensor(protos).T
         return ((sims[:, 1] - sims[:, 0]) / self.temperature).numpy()
 
+    def global_evidence(self, emb: Embeddings) -> np.ndarray:
+        """The standardised global term of each image (zeros without the term)."""
+        if self.protos is None:
+            return np.zeros(len(emb))
+        logit = self.global_logit(self.project(tta_embedding(emb.views, self.views)), self.protos)
+        return logit if self.global_scale is None else _standardise(logit, self.global_scale)
+
+    def evidence_maps(self, emb: Embeddings) -> tuple[np.ndarray, np.ndarray | None]:
+        """Standardised evidence of abnormality per image ``(N,)``, and per patch
+        ``(N, V, P)`` under the scoring views (None without the patch memory): each patch's
+        nearest-normal distance standardised like the patch term, plus the image's global
+        term, so a map is in the same units as the evidence it explains."""
+        total = self.global_evidence(emb)
+        if self.bank is None or emb.patches is None:
+            return total, None
+        distances = self.bank.distances(emb.patches, self.views)
+        maps = _standardise(distances, self.patch_scale) + total[:, None, None]
+        return total + _standardise(image_anomaly(distances), self.patch_scale), maps
+
     def evidence(self, emb: Embeddings) -> np.ndarray:
         """Standardised evidence of abnormality for each image."""
-        total = np.zeros(len(emb))
-        if self.protos is not None:
-            logit = self.global_logit(self.project(tta_embedding(emb.views, self.views)),
-                                      self.protos)
-            total += logit if self.global_scale is None else _standardise(logit,
-                                                                          self.global_scale)
-        if self.bank is not None and emb.patches is not None:
-            total += _standardise(self.bank.anomaly(emb.patches, self.views), self.patch_scale)
-        return total
+        return self.evidence_maps(emb)[0]
 
     def score(self, emb: Embeddings) -> np.ndarray:
         """Abnormality score in [0, 1] (the logistic of :meth:`evidence`) for each image."""
@@ -125,6 +145,11 @@ class HeadState:
 
 def _logistic(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return float(np.log(p / (1 - p)))
 
 
 def _standardise(x: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
@@ -253,11 +278,15 @@ def fit_state(support: Embeddings, labels: np.ndarray, text: np.ndarray | None, 
         values = state.bank.loo_anomaly(patches, owner, views)
         state.patch_scale = _scale(values)
         loo += _standardise(values, state.patch_scale)
+    if mode != "zero-shot":
+        state.validation = {"scores": _logistic(loo).tolist(), "labels": labels.tolist()}
     if mode == "labelled":
         state.threshold = float(_logistic(np.array([_youden_threshold(loo, labels)]))[0])
         metrics["loo_accuracy"] = float(((_logistic(loo) > state.threshold) == labels).mean())
     elif mode == "normal-only":
         state.threshold = float(_logistic(loo).max())
+    if state.bank is not None:
+        state.map_threshold = _logit(state.threshold)
     return state
 
 
@@ -276,18 +305,36 @@ def embed_views(backbone: Backbone, frames: Sequence[np.ndarray], mask: bool = T
 
 
 class Detector:
-    """A fitted (or zero-shot) detector bound to its backbone and provenance."""
+    """A fitted (or zero-shot) detector bound to its backbone and provenance.
+
+    Raises
+    ------
+    sonoshot.model.scope.ScopeError
+        If ``scope`` names no DICOM text attribute or has an empty value.
+    """
 
     name = DETECTOR_NAME
     version = __version__
 
     def __init__(self, backbone: Backbone, state: HeadState, config: DetectorConfig,
-                 provenance: dict | None = None) -> None:
+                 provenance: dict | None = None, scope: Scope | None = None,
+                 description: str = "") -> None:
         self.backbone = backbone
         self.state = state
         self.config = config
         self.provenance = provenance or {}
         self.bundle_sha256 = self.provenance.get("bundle_sha256", "")
+        self.scope: Scope = validate_scope(scope or {})  # keyword -> allowed values; {}: any
+        self.description = description  # shown with results, e.g. the demo bundle's caveat
+
+    def scope_decision(self, header: Dataset) -> ScopeDecision:
+        """Whether an instance lies inside :attr:`scope`, and on what basis
+        (:func:`sonoshot.model.scope.check_scope`)."""
+        return check_scope(self.scope, header)
+
+    def scope_problem(self, header: Dataset) -> str | None:
+        """None when ``header`` is inside :attr:`scope`, else a short PHI-free reason."""
+        return self.scope_decision(header).problem
 
     @property
     def backbone_name(self) -> str:
@@ -302,15 +349,46 @@ class Detector:
         """The study verdict threshold: ``config.threshold`` when set, else the fitted one."""
         return self.config.threshold if self.config.threshold >= 0 else self.state.threshold
 
+    @property
+    def map_threshold(self) -> float:
+        """The anomaly-map value above which a pixel counts as anomalous: the evidence at
+        :attr:`threshold` (a pixel whose evidence alone would flag the image)."""
+        if self.config.threshold >= 0 or self.state.map_threshold is None:
+            return _logit(self.threshold)
+        return self.state.map_threshold
+
+    def analyse_frames(self, frames: Sequence[np.ndarray]
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Abnormality score per frame (test-time augmentation over the state's views) and
+        the per-view patch maps ``(N, V, P)`` (None without a patch memory)."""
+        emb = embed_views(self.backbone, frames, self.config.mask_annotations,
+                          n_views=max(self.state.views) + 1)
+        evidence, maps = self.state.evidence_maps(emb)
+        return _logistic(evidence), maps
+
     def score_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """Abnormality score per frame (test-time augmentation over the state's views)."""
-        return self.state.score(embed_views(self.backbone, frames, self.config.mask_annotations,
-                                            n_views=max(self.state.views) + 1))
+        return self.analyse_frames(frames)[0]
+
+    def frame_maps(self, image: InputImage, scores: np.ndarray, maps: np.ndarray
+                   ) -> tuple[FrameMap, ...]:
+        """Each frame's patch maps ``(V, P)`` as a :class:`FrameMap` on the instance's grid."""
+        geometry = view_geometry(self.backbone.image_size)
+        views = [geometry[v] for v in self.state.views]
+        cells = int(round(maps.shape[-1] ** 0.5))
+        return tuple(
+            FrameMap(index, float(score), place(unview(grids.reshape(len(views), cells, cells),
+                                                       views, frame.shape[:2]),
+                                                image.grid_shape, image.origin),
+                     self.map_threshold)
+            for index, frame, score, grids in zip(image.frame_indices, image.frames, scores, maps))
 
     def score_image(self, image: InputImage) -> ImageScore:
-        """Score one instance or image file: the maximum over its frames."""
-        scores = self.score_frames(image.frames)
-        return ImageScore(image.name, image.frame_indices, float(scores.max()))
+        """Score one instance or image file: the maximum over its frames, with a map per frame
+        when the detector has a patch memory."""
+        scores, maps = self.analyse_frames(image.frames)
+        frame_maps = () if maps is None else self.frame_maps(image, scores, maps)
+        return ImageScore(image.name, image.frame_indices, float(scores.max()), frame_maps)
 
     def score_dataset(self, ds: Dataset) -> list[ImageScore]:
         """Score a DICOM instance (a one-element list: one score per instance).
@@ -340,14 +418,20 @@ class Detector:
 
 def fit_detector(backbone: Backbone, normal: Sequence[InputImage], abnormal: Sequence[InputImage],
                  config: DetectorConfig, seed: int = 0,
-                 head_config: HeadConfig = HeadConfig()) -> Detector:
+                 head_config: HeadConfig = HeadConfig(), scope: Scope | None = None,
+                 description: str = "") -> Detector:
     """Fit a detector from example images (every frame of each counts as one example).
+
+    ``scope`` (DICOM keyword -> allowed values, see :mod:`sonoshot.model.scope`) and
+    ``description`` are recorded in the bundle.
 
     Raises
     ------
     DetectorError
         With fewer than ``config.min_shots`` normal examples, or abnormal examples below
         ``config.min_shots`` when any are given.
+    sonoshot.model.scope.ScopeError
+        If ``scope`` is invalid.
     """
     if len(normal) < config.min_shots or 0 < len(abnormal) < config.min_shots:
         raise DetectorError(f"too few examples: {len(normal)} normal and {len(abnormal)} "
@@ -358,6 +442,9 @@ def fit_detector(backbone: Backbone, normal: Sequence[InputImage], abnormal: Seq
     text = text_anchors(backbone, config.prompt_organs) if backbone.has_text else None
     state = fit_state(embed_views(backbone, frames, config.mask_annotations), labels, text, seed,
                       head_config)
+    stats = [image_stats([f]) for f in frames]
+    state.validation |= {"rows": [r for r, _, _ in stats], "columns": [c for _, c, _ in stats],
+                         "brightness": [b for _, _, b in stats]}
     provenance = {
         "seed": seed,
         "head_config": dataclasses.asdict(head_config),
@@ -365,7 +452,7 @@ def fit_detector(backbone: Backbone, normal: Sequence[InputImage], abnormal: Seq
                     for lab, ims in (("normal", normal), ("abnormal", abnormal)) for im in ims],
         "prompts": class_prompts(config.prompt_organs) if text is not None else {},
     }
-    return Detector(backbone, state, config, provenance)
+    return Detector(backbone, state, config, provenance, scope, description)
 
 
 def zero_shot_detector(backbone: Backbone, config: DetectorConfig) -> Detector:
@@ -390,7 +477,8 @@ def _digest(folder: Path) -> str:
 
 
 def save_bundle(detector: Detector, folder: Path) -> str:
-    """Write ``bundle.json`` and ``head.pt`` into ``folder``; returns the bundle SHA-256."""
+    """Write ``bundle.json`` and ``head.pt`` into ``folder``; returns the bundle SHA-256.
+    ``bundle.json`` records the scope and description beside the provenance."""
     folder.mkdir(parents=True, exist_ok=True)
     state = detector.state
     meta = {
@@ -406,6 +494,10 @@ def save_bundle(detector: Detector, folder: Path) -> str:
         "global_scale": None if state.global_scale is None else list(state.global_scale),
         "patch_scale": list(state.patch_scale),
         "metrics": state.metrics,
+        "validation": state.validation,
+        "map_threshold": state.map_threshold,
+        "scope": {k: list(v) for k, v in detector.scope.items()},
+        "description": detector.description,
         **{k: v for k, v in detector.provenance.items() if k != "bundle_sha256"},
     }
     (folder / "bundle.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -427,8 +519,10 @@ def load_bundle(folder: Path, backbone: Backbone, config: DetectorConfig) -> Det
     Raises
     ------
     DetectorError
-        If files are missing, the format version is unsupported, or the backbone's name or
-        weights SHA-256 differ from the bundle's.
+        If files are missing, the format version is unsupported, the backbone's name or
+        weights SHA-256 differ from the bundle's, or its scope is invalid. Format-2 bundles
+        from before scopes and maps load with no scope, no description, and the map
+        threshold at the evidence of their image threshold.
     """
     try:
         meta = json.loads((folder / "bundle.json").read_text())
@@ -455,15 +549,28 @@ def load_bundle(folder: Path, backbone: Backbone, config: DetectorConfig) -> Det
         tensors["protos"].numpy() if "protos" in tensors else None, meta["temperature"],
         meta["threshold"], bank,
         None if meta["global_scale"] is None else tuple(meta["global_scale"]),
-        tuple(meta["patch_scale"]), tuple(meta["views"]), meta["metrics"])
+        tuple(meta["patch_scale"]), tuple(meta["views"]), meta["metrics"],
+        validation=meta.get("validation", {}),
+        map_threshold=meta.get("map_threshold", None if bank is None else _logit(meta["threshold"])))
     provenance = {k: meta[k] for k in ("seed", "head_config", "support", "prompts") if k in meta}
     provenance["bundle_sha256"] = _digest(folder)
-    return Detector(backbone, state, config, provenance)
+    try:
+        return Detector(backbone, state, config, provenance, meta.get("scope") or {},
+                        meta.get("description", ""))
+    except ValueError as exc:
+        raise DetectorError(f"{folder}: bad scope in bundle.json ({exc})") from exc
+
+
+def demo_bundle_path() -> Path:
+    """The packaged demo bundle folder: fitted on a few public BUSI breast images (CC0),
+    scope breast, not validated for any site (rebuilt by ``tools/build_demo_bundle.py``)."""
+    return Path(__file__).with_name("demo_bundle")
 
 
 def load_detector(config: DetectorConfig) -> Detector | None:
-    """The daemon's detector: the bundle in ``config.bundle``; else zero-shot from the prompts
-    when the backbone has a text tower; else None (studies wait for a detector).
+    """The daemon's detector: the bundle in ``config.bundle`` (``"demo"``: the packaged demo
+    bundle); else zero-shot from the prompts when the backbone has a text tower; else None
+    (studies wait for a detector).
 
     Raises
     ------
@@ -473,7 +580,7 @@ def load_detector(config: DetectorConfig) -> Detector | None:
         If the configured backbone is unknown or its files are missing.
     """
     if config.bundle:
-        folder = Path(config.bundle)
+        folder = demo_bundle_path() if config.bundle == DEMO_BUNDLE else Path(config.bundle)
         try:
             name = json.loads((folder / "bundle.json").read_text())["backbone"]["name"]
         except (OSError, ValueError, KeyError) as exc:

@@ -7,11 +7,14 @@ decode path) and plain PNG/JPEG files, turned into RGB frames cropped to the ult
 For DICOM: frames are sampled evenly from cine loops (``frames_per_cine``), and each frame is
 cropped to the largest 2D tissue region of the Sequence of Ultrasound Regions (the largest
 region of any kind when no region is flagged 2D tissue; the whole frame when there are none or
-they do not fit the image, which :func:`~sonoshot.dicom_io.pixels.ultrasound_regions` rejects).
+they are not trusted). The regions are those de-identification keeps:
+:func:`~sonoshot.dicom_io.pixels.ultrasound_regions` clips a region that passes the image edge
+by at most 2 pixels and trusts none when one passes it by more.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from sonoshot.dicom_io.pixels import RegionError, frame_count, iter_frames, ultrasound_regions
+from sonoshot.dicom_io.pixels import frame_count, iter_frames, ultrasound_regions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -39,6 +42,13 @@ class InputImage:
     sha256: str  # of the file bytes (empty for in-memory datasets)
     frame_indices: tuple[int, ...]
     frames: tuple[np.ndarray, ...]  # RGB (H, W, 3) or monochrome (H, W)
+    origin: tuple[int, int] = (0, 0)  # (x, y) of the frames' top-left pixel in the instance
+    grid: tuple[int, int] | None = None  # (Rows, Columns) of the instance; None: the frame's own
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """``(Rows, Columns)`` of the instance's pixel grid the frames were cropped from."""
+        return self.grid if self.grid is not None else tuple(self.frames[0].shape[:2])
 
 
 def even_indices(count: int, wanted: int) -> list[int]:
@@ -50,10 +60,7 @@ def even_indices(count: int, wanted: int) -> list[int]:
 
 def crop_box(ds: Dataset) -> tuple[int, int, int, int] | None:
     """``(x0, y0, x1, y1)`` inclusive box of the ultrasound image, or None for the whole frame."""
-    try:
-        regions = ultrasound_regions(ds)
-    except RegionError:
-        return None
+    regions = ultrasound_regions(ds)
     tissue = [r for r in regions if r.spatial_format == 1 and r.data_type in (0, 1)] or regions
     if not tissue:
         return None
@@ -72,12 +79,15 @@ def dataset_frames(ds: Dataset, frames_per_cine: int) -> InputImage:
     indices = even_indices(frame_count(ds), frames_per_cine)
     box = crop_box(ds)
     frames = []
+    grid: tuple[int, int] | None = None
     for frame in iter_frames(ds, indices):
+        grid = (frame.shape[0], frame.shape[1])
         if box is not None:
             x0, y0, x1, y1 = box
             frame = frame[y0:y1 + 1, x0:x1 + 1]
         frames.append(frame)
-    return InputImage(str(ds.get("SOPInstanceUID", "")), "", tuple(indices), tuple(frames))
+    return InputImage(str(ds.get("SOPInstanceUID", "")), "", tuple(indices), tuple(frames),
+                      (box[0], box[1]) if box is not None else (0, 0), grid)
 
 
 def read_input(path: Path, frames_per_cine: int) -> InputImage:
@@ -103,7 +113,7 @@ def read_input(path: Path, frames_per_cine: int) -> InputImage:
         image = dataset_frames(ds, frames_per_cine)
     except (InvalidDicomError, ValueError, AttributeError, OSError) as exc:
         raise InputError(f"{path}: not a decodable DICOM image ({exc})") from exc
-    return InputImage(path.name, digest, image.frame_indices, image.frames)
+    return dataclasses.replace(image, name=path.name, sha256=digest)
 
 
 def list_inputs(folder: Path) -> list[Path]:
