@@ -177,8 +177,9 @@ def handle_aborted(event: evt.Event, receiver: Receiver) -> None:
 
 
 def handle_conn_close(event: evt.Event, receiver: Receiver) -> None:
-    """EVT_CONN_CLOSE: the TCP connection closed (after release/abort, or dropped)."""
-    _close(event, receiver, "closed")
+    """EVT_CONN_CLOSE: the TCP connection closed (after release/abort, or dropped); it may come
+    before EVT_RELEASED of the same association."""
+    _close(event, receiver, "released" if event.assoc.is_released else "closed")
 
 
 def handle_rejected(event: evt.Event, receiver: Receiver) -> None:

@@ -463,8 +463,10 @@ class Connection:
                         break
                     assoc._serve_request(msg, context_id)
                 if assoc.is_established and assoc.acse.is_release_requested():
-                    assoc.acse.send_release(is_response=True)
+                    # Released before the A-RELEASE-RP goes out: the DUL sends it at once, and the
+                    # peer's close (EVT_CONN_CLOSE) may come before EVT_RELEASED.
                     assoc.is_released, assoc.is_established = True, False
+                    assoc.acse.send_release(is_response=True)
                     evt.trigger(assoc, evt.EVT_RELEASED, {})
                     return
                 if assoc.acse.is_aborted():
