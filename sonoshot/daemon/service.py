@@ -9,18 +9,22 @@ outbox job per destination, retention), the study workers and the health/metrics
 from __future__ import annotations
 
 import functools
+import gc
 import logging
+import os
 import signal
 import threading
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import pydicom
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
+from pynetdicom import _config as pynetdicom_config
 
 from sonoshot.config import Config, load_config
 from sonoshot.daemon import http, jobs, retention
-from sonoshot.daemon.delivery import deliver_due
+from sonoshot.daemon.delivery import DestinationEcho, deliver_due
 from sonoshot.daemon.metrics import Metrics
 from sonoshot.daemon.watch import DriftCollector, DriftWatch
 from sonoshot.daemon.worker import DetectorSlot, StudyWorker
@@ -77,6 +81,9 @@ class Service:
     def start(self) -> None:
         # Stored exactly as received: devices write invalid values, which must not stop us reading.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        # pynetdicom's "standard" handlers format every PDU and DIMSE message for its debug log, on
+        # the receiving threads; sonoshot logs associations and refusals itself.
+        pynetdicom_config.LOG_HANDLER_LEVEL = "none"
         self.store.migrate()
         jobs.recover(self.spool, self.store)
         self.load_detector()
@@ -86,27 +93,43 @@ class Service:
         self.schedule_deliveries(config)
         self.scheduler.add_job(retention.purge_expired, "interval", seconds=retention.INTERVAL_S, id="retention",
                                args=[self.store, config.storage.spool_dir, config.storage.work_dir, config.retention])
+        echoes = [DestinationEcho(d, config.network.ae_title, config.http.echo_interval_s)
+                  for d in config.delivery.destinations]
+        for probe in echoes:
+            self.scheduler.add_job(probe.probe, "interval", seconds=config.http.echo_interval_s,
+                                   id=f"echo-{probe.destination.name}", next_run_time=datetime.now(timezone.utc))
         self.scheduler.add_job(self.drift.run, "interval", seconds=config.validation.drift_interval_s, id="drift",
                                next_run_time=datetime.now(timezone.utc))
         self.scheduler.start()
         for n in range(config.workers.count):
             worker = StudyWorker(config, self.store, self.spool, self.key, self.detectors, self.metrics.observe_stage)
-            thread = threading.Thread(target=worker.run, args=[self.stop_workers], name=f"worker-{n}", daemon=True)
+            thread = threading.Thread(target=_below_the_receiver, args=[worker.run, self.stop_workers],
+                                      name=f"worker-{n}", daemon=True)
             thread.start()
             self.workers.append(worker)
             self.threads.append(thread)
         receiver = Receiver(self.spool, self.store, config.storage.min_free_mb,
-                            functools.partial(patient_pseudonym, self.key), self.metrics.instance_received)
+                            functools.partial(patient_pseudonym, self.key), self.metrics.instance_received,
+                            self.metrics.connection_refused)
         self.server = start_scp(config.network, receiver)
+        self.metrics.pending_connections.set_function(self.server.gate.pending)
         if config.http.enabled:
             self.http = http.start_http(config.http, {
                 "database": http.database_check(self.store),
                 "disk": http.disk_check(config.storage.spool_dir, config.storage.min_free_mb),
                 "scp": http.scp_check(lambda: self.server),
+            }, self.registry, ready={
                 "detector": http.detector_check(self.describe_detector),
-            }, self.registry)
+                "ocr": http.ocr_check(config.deid.ocr),
+                **{f"destination:{probe.destination.name}": probe.check for probe in echoes},
+            })
         if config.console.enabled:
             self.console = start_console(config, self.store, self.spool, self.key)
+        # Start-up objects (torch, the model, the SQLAlchemy metadata) live as long as the process:
+        # keep them out of full garbage collections, which would otherwise stop every thread for
+        # 0.4 s or more at a time (the receiver's included).
+        gc.collect()
+        gc.freeze()
         self.store.record_event("service", "started")
 
     def schedule_deliveries(self, config: Config) -> None:
@@ -163,7 +186,7 @@ class Service:
     def stop(self) -> None:
         """Drain: stop accepting associations, let those in flight finish, finish the studies in
         hand (a study cut short stays ``processing`` and is requeued at the next start), stop
-        the jobs, then close the database. /healthz answers until the very end."""
+        the jobs, then close the database. /livez and /readyz answer until the very end."""
         if self.server is not None:
             self.server.shutdown()
             self.server = None
@@ -180,6 +203,20 @@ class Service:
             self.http.stop()
             self.http = None
         self.store.dispose()
+
+
+#: How much lower than the receiver's threads the study workers run (Linux nice increment): on a
+#: small machine de-identification, OCR and the model must not slow the acknowledgement of
+#: instances. Threads that a worker starts (torch's, tesseract's process) inherit it.
+WORKER_NICE = 10
+
+
+def _below_the_receiver(run: Callable[[threading.Event], None], stop: threading.Event) -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)  # this thread only (Linux)
+    except OSError as exc:  # not permitted by a seccomp filter, say: run at the receiver's priority
+        log.warning("study workers run at the receiver's priority: %s", exc.strerror)
+    run(stop)
 
 
 def run_service(config: Config, config_path: str | None = None) -> int:
