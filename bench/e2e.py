@@ -50,14 +50,20 @@ from tests.peers import Orthanc, wait_for  # noqa: E402
 from tests.conftest import find_shared  # noqa: E402
 
 
-def send_study(port: int, aet: str, source: Path) -> tuple[str, float]:
-    """Send one instance with fresh UIDs; returns the study UID and the time of its acknowledgement."""
+def prepared_cine(source: Path) -> pydicom.Dataset:
+    """pydicom's 30-frame cine with fresh UIDs and its ultrasound regions scaled to its pixels."""
     ds = pydicom.dcmread(source)
     for region in ds.SequenceOfUltrasoundRegions:  # recorded for 640x480; the pixels are 320x240
         for keyword in ("RegionLocationMinX0", "RegionLocationMinY0", "RegionLocationMaxX1", "RegionLocationMaxY1"):
             setattr(region, keyword, getattr(region, keyword) // 2)
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    return ds
+
+
+def send_study(port: int, aet: str, source: Path) -> tuple[str, float]:
+    """Send one instance with fresh UIDs; returns the study UID and the time of its acknowledgement."""
+    ds = prepared_cine(source)
     ae = AE(ae_title="BENCH")
     ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
     assoc = ae.associate("127.0.0.1", port, ae_title=aet)

@@ -47,10 +47,14 @@ class NetworkConfig:
     port: int = 11112  # DICOM listen port
     allowed_calling_ae_titles: tuple[str, ...] = ()  # empty: any calling AE title is accepted
     max_associations: int = 10  # concurrent associations; more are rejected (transient)
-    acse_timeout_s: float = 30.0  # association negotiation timeout
+    request_timeout_s: float = 5.0  # a new connection must send its A-ASSOCIATE-RQ within this time
+    max_pending_per_address: int = 8  # connections not yet associated, per peer address; more are closed
+    max_pending: int = 64  # connections not yet associated, in total; more are closed
+    acse_timeout_s: float = 30.0  # association negotiation and release timeout
     dimse_timeout_s: float = 60.0  # timeout waiting for a DIMSE message
-    network_timeout_s: float = 60.0  # idle connection timeout
-    max_pdu_size: int = 0  # maximum PDU length we accept; 0 means unlimited
+    network_timeout_s: float = 60.0  # idle connection timeout, also the longest wait for one PDU
+    max_pdu_size: int = 1048576  # largest P-DATA PDU we accept (advertised); 0: unlimited (unsafe)
+    stream_above_mb: int = 8  # C-STORE datasets larger than this go to the spool as they arrive
     extra_transfer_syntaxes: tuple[str, ...] = ()  # UIDs accepted on top of the built-in list
     extra_sop_classes: tuple[str, ...] = ()  # private storage SOP class UIDs to accept as well
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -197,8 +201,9 @@ class ClusterConfig:
 @dataclass(frozen=True)
 class HttpConfig:
     enabled: bool = True
-    bind_address: str = "127.0.0.1"  # /healthz and /metrics
+    bind_address: str = "127.0.0.1"  # /livez, /readyz (/healthz) and /metrics
     port: int = 9110
+    echo_interval_s: float = 60.0  # C-ECHO each delivery destination this often for /readyz
 
 
 @dataclass(frozen=True)
@@ -267,6 +272,12 @@ class Config:
 _RANGES: dict[str, tuple[float, float]] = {
     "network.port": (1, 65535),
     "network.max_associations": (1, 1000),
+    "network.request_timeout_s": (0.1, 600),
+    "network.max_pending_per_address": (1, 10000),
+    "network.max_pending": (1, 10000),
+    "network.max_pdu_size": (0, 2**32 - 1),
+    "network.stream_above_mb": (1, 4096),
+    "http.echo_interval_s": (1, 86400),
     "http.port": (1, 65535),
     "delivery.destinations.port": (1, 65535),
     "storage.min_free_mb": (0, 10**9),
@@ -368,6 +379,11 @@ def _build(cls: type, table: dict[str, Any], prefix: str = "") -> Any:
 
 
 def _check(config: Config) -> None:
+    if 0 < config.network.max_pdu_size < 4096:
+        raise ConfigError("network.max_pdu_size", f"expected 0 (unlimited) or at least 4096, got "
+                                                  f"{config.network.max_pdu_size}")
+    if config.network.max_pending < config.network.max_pending_per_address:
+        raise ConfigError("network.max_pending", "expected at least network.max_pending_per_address")
     if config.network.tls.enabled and not config.network.tls.private_key:
         raise ConfigError("network.tls.private_key", "required when network.tls.certificate is set")
     for i, dest in enumerate(config.delivery.destinations):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 
 import pydicom
+from pynetdicom import AE
 import pytest
 import tomli_w
 
@@ -59,7 +60,13 @@ def test_failed_study_is_reported_and_the_switch_turns_it_off(tmp_path, shared_d
         daemon.process.send_signal(signal.SIGHUP)
         wait_for(lambda: "reloaded" in {o for (o,) in daemon.query("select outcome from events where kind = 'service'")},
                  timeout=30, what="the reload")
-        quiet, quiet_files = make_study(shared_dicom / SMALL_US, tmp_path / "quiet")
-        assert dcmsend(daemon.port, list(quiet_files)).returncode == 0
+        # A JPEG XL study (no decoder): quarantined, and with the switch off it gets no report.
+        quiet, quiet_files = make_study(shared_dicom / "dcm4che-will-jxl.dcm", tmp_path / "quiet")
+        ae = AE(ae_title="MODALITY")
+        ds = pydicom.dcmread(next(iter(quiet_files)))
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", daemon.port, ae_title=daemon.aet)
+        assert assoc.send_c_store(ds).Status == 0
+        assoc.release()
         wait_for(lambda: daemon.study_state(quiet) == "quarantined", timeout=90, interval=0.3, what="quarantined")
         assert daemon.query("select count(*) from results") == [(1,)]  # no report for the quiet one

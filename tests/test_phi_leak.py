@@ -215,7 +215,7 @@ def test_no_phi_in_logs_metrics_database_or_console(tmp_path, shared_dicom, demo
         console = _console_texts(daemon, studies, capsys, monkeypatch)
         metrics_status, metrics = http_get(daemon, "/metrics")
         assert metrics_status == 200
-        health = http_get(daemon, "/healthz")[1].decode()
+        health = http_get(daemon, "/livez")[1].decode() + http_get(daemon, "/readyz")[1].decode()
     log = daemon.log()  # after the drain (SIGTERM) too
 
     leaks: dict[str, list[str]] = {}
@@ -234,7 +234,7 @@ def test_no_phi_in_logs_metrics_database_or_console(tmp_path, shared_dicom, demo
     if found := _search(metrics.decode("utf-8", "replace"), needles):
         leaks["/metrics"] = found
     if found := _search(health, needles):
-        leaks["/healthz"] = found
+        leaks["/livez, /readyz"] = found
     for where, text in console.items():
         if found := _search(text, needles):
             leaks[where] = found

@@ -10,6 +10,7 @@ import json
 import re
 import signal
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ import tomli_w
 from sonoshot.cli import main
 from sonoshot.config import DetectorConfig
 from sonoshot.model import load_detector
-from sonoshot.model.evaluate import embed_examples
+from sonoshot.model.evaluate import Example, embed_examples
 from sonoshot.validation.stats import auroc
 from selenium.webdriver.common.by import By
 
@@ -66,7 +67,6 @@ def test_validation_month_in_shadow_mode(tmp_path, busi, demo_bundle, capsys, br
                       delivery={"mode": "shadow"}, workers={"count": 2}, validation={"drift_interval_s": 1.0},
                       console={"enabled": True, "port": free_port(), "secret_key_file": str(tmp_path / "console.key")})
     labels: dict[str, str] = {}
-    image_of: dict[str, str] = {}  # study UID -> BUSI file, for the site scanner's studies
     files: list[list] = [[], [], []]
     for part, (chosen, scanner) in enumerate(((halves[0], SITE_SCANNER), (halves[1], SITE_SCANNER),
                                               (halves[1], NEW_SCANNER))):
@@ -75,7 +75,6 @@ def test_validation_month_in_shadow_mode(tmp_path, busi, demo_bundle, capsys, br
             files[part].append(path)
             if part < 2:
                 labels[uid] = "abnormal" if example.label else "normal"
-                image_of[uid] = example.file
     total = sum(len(f) for f in files)
 
     with pacs, daemon:
@@ -100,20 +99,26 @@ def test_validation_month_in_shadow_mode(tmp_path, busi, demo_bundle, capsys, br
         assert report["labelled_studies"] == len(labels) == overall["studies"]
         assert (tmp_path / "plots" / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-        # eval-style scoring of the same images with the same bundle (sonoshot.model.evaluate's path)
+        # eval-style scoring (sonoshot.model.evaluate's path, same bundle) of the images the daemon
+        # analysed: its de-identified working copies, burned-in text blanked (BUSI's "LEFT BREAST"
+        # and calliper labels leak the class to a detector that sees them)
+        work = Path(daemon.config["storage"]["work_dir"])
+        copies = {uid: next((work / uid).glob("g*/*.dcm")) for uid in labels}
+        examples_seen = [Example(str(path.relative_to(work)), int(labels[uid] == "abnormal"), uid)
+                         for uid, path in copies.items()]
         detector = load_detector(DetectorConfig(bundle=str(demo_bundle), backbone="efficientnet-lite0"))
-        eval_scores = detector.state.score(embed_examples(detector.backbone, busi, examples, None))
-        eval_auroc = auroc(np.array([e.label for e in examples]), eval_scores)
+        eval_scores = detector.state.score(embed_examples(detector.backbone, work, examples_seen, None))
+        eval_auroc = auroc(np.array([e.label for e in examples_seen]), eval_scores)
         low, high = overall["auroc_ci"]
         with capsys.disabled():
             print(f"\nsonoshot performance AUROC {overall['auroc']:.4f} (95 % CI {low:.4f}-{high:.4f}); "
-                  f"eval-style AUROC {eval_auroc:.4f} on {len(examples)} images")
+                  f"eval-style AUROC {eval_auroc:.4f} on the {len(examples_seen)} de-identified images")
         assert low <= eval_auroc <= high
         assert overall["auroc"] == pytest.approx(eval_auroc, abs=0.01)
-        by_file = dict(zip([e.file for e in examples], eval_scores))
+        by_study = dict(zip(copies, eval_scores))
         served = dict(daemon.query("select s.study_instance_uid, r.score from results r join studies s "
                                    "on s.id = r.study_id"))
-        assert max(abs(served[uid] - by_file[file]) for uid, file in image_of.items()) < 1e-3
+        assert max(abs(served[uid] - by_study[uid]) for uid in labels) < 1e-3
 
         # Back to send mode: still nothing leaves until released; then each SR once.
         daemon.config["delivery"]["mode"] = "send"

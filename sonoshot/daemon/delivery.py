@@ -17,6 +17,8 @@ acknowledgement and our commit) files no duplicate in the PACS. A destination in
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from io import BytesIO
 
@@ -26,10 +28,49 @@ from sonoshot.config import Config, DeliveryConfig, Destination
 from sonoshot.db.lifecycle import OutboxState
 from sonoshot.db.outbox import hold_pending
 from sonoshot.db.store import DeliveryRef, Store
-from sonoshot.dicom_io.send import send_datasets
+from sonoshot.dicom_io.send import EchoOutcome, echo, send_datasets
 from sonoshot.objects import Kind, ObjectNotFound, ObjectStore, ObjectStoreError
 
 log = logging.getLogger(__name__)
+
+
+class DestinationEcho:
+    """Whether a destination answers: :meth:`probe` (a scheduled job, every ``interval_s``) sends
+    it a C-ECHO; :meth:`check` (for ``/readyz``) passes while the latest one succeeded and is no
+    older than three intervals.
+
+    Raises
+    ------
+    ValueError
+        If ``interval_s`` or ``timeout_s`` is not positive.
+    """
+
+    def __init__(self, destination: Destination, calling_ae_title: str, interval_s: float,
+                 timeout_s: float = 10.0) -> None:
+        if not interval_s > 0 or not timeout_s > 0:
+            raise ValueError(f'Arguments "interval_s" and "timeout_s" must be > 0; got {interval_s!r}, {timeout_s!r}.')
+        self.destination, self.calling_ae_title = destination, calling_ae_title
+        self.interval_s, self.timeout_s = interval_s, timeout_s
+        self._lock = threading.Lock()
+        self._latest: tuple[float, EchoOutcome] | None = None
+
+    def probe(self) -> None:
+        outcome = echo(self.destination, self.calling_ae_title, self.timeout_s)
+        if not outcome.ok:
+            log.warning("destination %s: %s", self.destination.name, outcome.detail)
+        with self._lock:
+            self._latest = (time.monotonic(), outcome)
+
+    def check(self) -> tuple[bool, str]:
+        with self._lock:
+            latest = self._latest
+        if latest is None:
+            return False, "no C-ECHO answered yet"
+        at, outcome = latest
+        age = time.monotonic() - at
+        if age > 3 * self.interval_s:
+            return False, f"the latest C-ECHO was {age:.0f} s ago (http.echo_interval_s = {self.interval_s:g})"
+        return outcome.ok, f"{outcome.detail} ({age:.0f} s ago)"
 
 
 def backoff_s(attempts: int, delivery: DeliveryConfig) -> float:

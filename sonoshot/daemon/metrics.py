@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 #: ``outcome`` label values of ``sonoshot_instances_received_total``.
 INSTANCE_OUTCOMES = ("stored", "duplicate", "refused")
+#: ``reason`` label values of ``sonoshot_connections_refused_total`` (see docs/operations.md).
+REFUSAL_REASONS = ("pending-per-address", "pending-total", "pending-evicted", "request-timeout", "tls-handshake", "pdu-too-large",
+                   "pdu-unknown-type", "pdu-unexpected", "pdu-malformed", "pdu-timeout", "dimse-malformed",
+                   "dimse-too-large", "disk-full")
 #: ``stage`` label values of ``sonoshot_stage_duration_seconds``.
 STAGES = ("deidentify", "detect", "regions", "report", "key-image", "deliver")
 #: Histogram buckets in seconds: from a fast SR build to a slow PACS or a long cine study on CPU.
@@ -139,7 +143,15 @@ class Metrics:
         self.delivery_failures = Counter(
             "sonoshot_delivery_failures", "Failed delivery attempts, by destination.", ["destination"],
             registry=registry)
+        self.connections_refused = Counter(
+            "sonoshot_connections_refused", "DICOM connections closed by the connection limits, by reason.", ["reason"],
+            registry=registry)
+        self.pending_connections = Gauge(
+            "sonoshot_pending_connections", "DICOM connections accepted that have not sent an A-ASSOCIATE-RQ yet.",
+            registry=registry)
         self.destinations = tuple(destinations)
+        for reason in REFUSAL_REASONS:
+            self.connections_refused.labels(reason=reason)
         for outcome in INSTANCE_OUTCOMES:
             self.instances_received.labels(outcome=outcome)
         for stage in STAGES:
@@ -158,6 +170,16 @@ class Metrics:
             If ``outcome`` is not in :data:`INSTANCE_OUTCOMES`.
         """
         self.instances_received.labels(outcome=_check_label("outcome", outcome, INSTANCE_OUTCOMES)).inc()
+
+    def connection_refused(self, reason: str) -> None:
+        """Count one connection closed by the connection limits, for one of :data:`REFUSAL_REASONS`.
+
+        Raises
+        ------
+        ValueError
+            If ``reason`` is not in :data:`REFUSAL_REASONS`.
+        """
+        self.connections_refused.labels(reason=_check_label("reason", reason, REFUSAL_REASONS)).inc()
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         """Record how long one study took in ``stage`` (one of :data:`STAGES`).

@@ -18,20 +18,24 @@ server, the uploader, the carrier (:mod:`sonoshot.daemon.stages` in process,
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import signal
 import socket
 import threading
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import pydicom
+from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
+from pynetdicom import _config as pynetdicom_config
 
 from sonoshot.config import Config, ConfigError, load_config
 from sonoshot.daemon import ROLES, http, jobs, retention
-from sonoshot.daemon.delivery import DeliverStage
+from sonoshot.daemon.delivery import DeliverStage, DestinationEcho
 from sonoshot.daemon.metrics import Metrics
-from sonoshot.daemon.stages import Carrier, InProcessCarrier, Periodic, Stage
+from sonoshot.daemon.stages import WORKER_NICE, Carrier, InProcessCarrier, Periodic, Stage
 from sonoshot.daemon.uploader import Uploader
 from sonoshot.daemon.watch import DriftCollector, DriftWatch
 from sonoshot.daemon.worker import DeidStage, DetectorSlot, DetectStage
@@ -150,6 +154,7 @@ class Service:
         self.detectors = DetectorSlot()
         self.stages = self._stages()
         self.carrier: Carrier | None = None
+        self.probes = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self.uploader = Uploader(self.store, self.spool, self.objects, self.node, config.objects.upload_retry_max_s) \
             if self.cluster and self.plan.receiver else None
         self.server = None
@@ -182,6 +187,9 @@ class Service:
     def start(self) -> None:
         # Stored exactly as received: devices write invalid values, which must not stop us reading.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        # pynetdicom's "standard" handlers format every PDU and DIMSE message for its debug log, on
+        # the receiving threads; sonoshot logs associations and refusals itself.
+        pynetdicom_config.LOG_HANDLER_LEVEL = "none"
         self.store.migrate()
         if self.cluster:
             from sonoshot.db.cluster import apply_schema
@@ -198,6 +206,12 @@ class Service:
         if self.plan.deid or self.plan.detect:  # de-identification checks each instance against its scope
             self.load_detector()
         self._start_carrier()
+        echoes = [DestinationEcho(d, config.network.ae_title, config.http.echo_interval_s)
+                  for d in config.delivery.destinations if d.name in self.plan.destinations(config)]
+        for probe in echoes:  # each process probes what it sends to, for its own /readyz
+            self.probes.add_job(probe.probe, "interval", seconds=config.http.echo_interval_s,
+                                id=f"echo-{probe.destination.name}", next_run_time=datetime.now(timezone.utc))
+        self.probes.start()
         if self.uploader is not None:
             thread = threading.Thread(target=self.uploader.run, args=[self.stopping], name="uploader", daemon=True)
             thread.start()
@@ -205,13 +219,21 @@ class Service:
         if self.plan.receiver:
             receiver = Receiver(self.spool, self.store, config.storage.min_free_mb,
                                 functools.partial(patient_pseudonym, self.key), self.metrics.instance_received,
+                                count_refusal=self.metrics.connection_refused,
                                 node=self.node if self.cluster else None,
-                                on_indexed=self.uploader.indexed if self.uploader else None)
+                                on_stored=self.uploader.stored if self.uploader else None)
             self.server = start_scp(config.network, receiver)
+            self.metrics.pending_connections.set_function(self.server.gate.pending)
         if config.http.enabled:
-            self.http = http.start_http(config.http, self._checks(), self.registry)
+            live, ready = self._checks(echoes)
+            self.http = http.start_http(config.http, live, self.registry, ready=ready)
         if config.console.enabled and self.plan.receiver and not self.cluster:
             self.console = start_console(config, self.store, self.spool, self.key, self.objects)
+        # Start-up objects (torch, the model, the SQLAlchemy metadata) live as long as the process:
+        # keep them out of full garbage collections, which would otherwise stop every thread for
+        # 0.4 s or more at a time (the receiver's included).
+        gc.collect()
+        gc.freeze()
         self.store.record_event("service", "started", detail={"role": self.role_text, "node": self.node})
 
     def _start_carrier(self) -> None:
@@ -230,20 +252,27 @@ class Service:
             assert isinstance(self.deferrer, WakeDeferrer)
             self.carrier = InProcessCarrier(self.store, self.deferrer, self.stages, self._periodic(),
                                             config.workers.count, self.plan.destinations(config),
-                                            config.delivery.sweep_interval_s)
+                                            config.delivery.sweep_interval_s,
+                                            nice=WORKER_NICE if self.plan.receiver else 0)
         self.carrier.start()
 
-    def _checks(self) -> dict[str, http.Check]:
+    def _checks(self, echoes: list[DestinationEcho]) -> tuple[dict[str, http.Check], dict[str, http.Check]]:
+        """What /livez checks (the process can do its work at all) and what /readyz adds (what its
+        work needs: the detector, OCR, the destinations it sends to)."""
         config = self.config
-        checks = {"database": http.database_check(self.store)}
+        live = {"database": http.database_check(self.store)}
         if self.plan.receiver:
-            checks["disk"] = http.disk_check(config.storage.spool_dir, config.storage.min_free_mb)
-            checks["scp"] = http.scp_check(lambda: self.server)
-        if self.plan.detect:
-            checks["detector"] = http.detector_check(self.describe_detector)
+            live["disk"] = http.disk_check(config.storage.spool_dir, config.storage.min_free_mb)
+            live["scp"] = http.scp_check(lambda: self.server)
         if self.cluster:
-            checks["objects"] = http.objects_check(self.objects)
-        return checks
+            live["objects"] = http.objects_check(self.objects)
+        ready: dict[str, http.Check] = {}
+        if self.plan.detect:
+            ready["detector"] = http.detector_check(self.describe_detector)
+        if self.plan.deid:
+            ready["ocr"] = http.ocr_check(config.deid.ocr)
+        ready |= {f"destination:{probe.destination.name}": probe.check for probe in echoes}
+        return live, ready
 
     @property
     def role_text(self) -> str:
@@ -298,7 +327,8 @@ class Service:
     def stop(self) -> None:
         """Drain: stop accepting associations, let those in flight finish, finish the studies in
         hand (a study cut short is taken up again: at the next start, or by another worker),
-        stop the uploader and the jobs, then close the database. /healthz answers until the end."""
+        stop the uploader and the jobs, then close the database. /livez and /readyz answer until
+        the very end."""
         if self.server is not None:
             self.server.shutdown()
             self.server = None
@@ -309,6 +339,8 @@ class Service:
             thread.join(timeout=120)
         if self.carrier is not None:
             self.carrier.stop()
+        if self.probes.running:
+            self.probes.shutdown(wait=True)
         self.store.record_event("service", "stopped", detail={"node": self.node})
         if self.console is not None:
             self.console.stop()

@@ -24,6 +24,7 @@ other work. Two carriers move the same stages and periodic jobs:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,10 @@ log = logging.getLogger(__name__)
 ClaimT = TypeVar("ClaimT", bound=StudyRef | DeliveryRef, contravariant=True)
 #: The order the in-process pool looks for work: a study further along first, so it leaves sooner.
 POOL_ORDER = ("detect", "deid")
+#: How much lower than the receiver's threads the pool runs in the process of the SCP (Linux nice
+#: increment): on a small machine de-identification, OCR and the model must not slow the
+#: acknowledgement of instances. Threads that a pool thread starts (torch's, tesseract's) inherit it.
+WORKER_NICE = 10
 
 
 class Stage(Protocol[ClaimT]):
@@ -105,12 +110,13 @@ class InProcessCarrier:
     destination, so a slow PACS holds up no other).
 
     The store must defer through ``deferrer`` (a :class:`~sonoshot.db.work.WakeDeferrer`): a
-    deferred job wakes the pool at once instead of at its next idle poll.
+    deferred job wakes the pool at once instead of at its next idle poll. ``nice`` lowers the pool
+    threads' CPU priority (:data:`WORKER_NICE` beside the receiver).
     """
 
     def __init__(self, store: Store, deferrer: WakeDeferrer, stages: Mapping[str, Stage],
                  periodic: Sequence[Periodic], threads: int = 1, destinations: Sequence[str] = (),
-                 delivery_interval_s: float = 2.0, idle_s: float = 0.25) -> None:
+                 delivery_interval_s: float = 2.0, idle_s: float = 0.25, nice: int = 0) -> None:
         self.store = store
         self.deferrer = deferrer
         self.stages = dict(stages)
@@ -120,6 +126,7 @@ class InProcessCarrier:
         self.swept: set[str] = set()
         self.threads_n = threads
         self.idle_s = idle_s
+        self.nice = nice
         self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -171,6 +178,11 @@ class InProcessCarrier:
         return claimed
 
     def _loop(self) -> None:
+        if self.nice:
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)  # this thread only (Linux)
+            except OSError as exc:  # not permitted by a seccomp filter, say: run at the receiver's priority
+                log.warning("study workers run at the receiver's priority: %s", exc.strerror)
         while not self.stopping.is_set():
             try:
                 busy = self.run_next()

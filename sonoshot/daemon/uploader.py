@@ -41,13 +41,9 @@ class Uploader:
         self.batch = batch
         self.wakeup = threading.Event()
 
-    def indexed(self, relative: str, new: bool) -> None:
-        """The receiver's hook after each stored instance: upload a new one at once; drop the
-        local copy of one that another receiver (or an earlier association) indexed first."""
-        if new:
-            self.wakeup.set()
-        elif self.store.pending_on(relative) != self.node:
-            self._drop(relative)
+    def stored(self, _relative: str) -> None:
+        """The receiver's hook after each new instance: upload it at once."""
+        self.wakeup.set()
 
     def upload_pending(self) -> int:
         """Upload one batch of pending instances; returns how many were uploaded.

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import case, create_engine, event, exists, func, insert, select, text, update
+from sqlalchemy import bindparam, case, create_engine, event, exists, func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,6 +38,16 @@ READ_ONLY = "sonoshot_read_only"  # execution option: a plain (deferred) BEGIN, 
 MIGRATION_LOCK = 0x736F6E70  # pg_advisory_xact_lock key: processes starting together migrate in turn
 #: The stage due when a study enters each state (the inverse of STAGE_STATES' first column).
 DUE_STAGE = {due: stage for stage, (due, _running) in STAGE_STATES.items()}
+
+# The two statements of an instance received into a study that is receiving (the common case),
+# built once: building Core statements from values costs more than running them on SQLite.
+_COUNT_INSTANCE = (update(Study)
+                   .where(Study.study_instance_uid == bindparam("study_uid"), Study.state == StudyState.RECEIVING.value)
+                   .values(instance_count=Study.instance_count + 1,
+                           total_bytes=Study.total_bytes + bindparam("size_bytes", type_=Study.total_bytes.type),
+                           last_received_at=bindparam("now", type_=Study.last_received_at.type))
+                   .returning(Study.id, Study.generation))
+_ADD_INSTANCE = insert(Instance)
 
 
 @dataclass(frozen=True)
@@ -277,8 +287,9 @@ class Store:
 
         A study that was already complete (or further) is reopened: it goes back to
         ``receiving`` with its generation raised, so its next result supersedes the last.
-        This runs once per received instance, so it uses three Core statements in one
-        transaction; the instance row itself is the audit record of the receipt.
+        This runs once per received instance: for a study that is receiving (the common case) it
+        is two prebuilt statements in one transaction, counting the instance in its study and
+        inserting its row; the instance row itself is the audit record of the receipt.
         """
         retries = 2  # PostgreSQL: another association may create the study at the same moment
         while True:
@@ -295,37 +306,46 @@ class Store:
     def _record_instance(self, new: NewInstance, association_id: int | None) -> None:
         now = utcnow()
         with self.engine.begin() as c:
-            study = c.execute(select(Study.id, Study.state, Study.generation)
-                              .where(Study.study_instance_uid == new.study_instance_uid)
-                              .with_for_update()).first()
-            if study is None:
-                study_id, generation = c.execute(insert(Study).values(
-                    study_instance_uid=new.study_instance_uid, state=StudyState.RECEIVING.value,
-                    modality=new.modality, calling_ae_title=new.calling_ae_title,
-                    called_ae_title=new.called_ae_title, first_received_at=now, receiving_since=now,
-                    last_received_at=now, state_changed_at=now, patient_pseudonym=new.patient_pseudonym,
-                    generation=1, instance_count=0, total_bytes=0, lane=Lane(new.lane).value, lease=0,
-                )).inserted_primary_key[0], 1
+            counted = c.execute(_COUNT_INSTANCE, {"study_uid": new.study_instance_uid, "size_bytes": new.size_bytes,
+                                                  "now": now}).first()
+            if counted is not None:
+                study_id, generation = counted
             else:
-                study_id, generation = study.id, study.generation
-                if study.state != StudyState.RECEIVING.value:
-                    generation += 1
-                    c.execute(update(Study).where(Study.id == study_id).values(
-                        state=StudyState.RECEIVING.value, generation=generation, receiving_since=now,
-                        state_changed_at=now, completed_at=None))
-                    c.execute(insert(Event).values(
-                        kind="study", outcome="reopened", study_instance_uid=new.study_instance_uid,
-                        sop_instance_uid=new.sop_instance_uid, at=now,
-                        detail={"from": study.state, "generation": generation}))
-            c.execute(insert(Instance).values(
-                sop_instance_uid=new.sop_instance_uid, study_id=study_id,
-                series_instance_uid=new.series_instance_uid, sop_class_uid=new.sop_class_uid,
-                transfer_syntax_uid=new.transfer_syntax_uid, modality=new.modality, path=new.path,
-                size_bytes=new.size_bytes, received_at=now, association_id=association_id,
-                generation=generation, file_missing=False, pending_upload=new.pending_upload))
-            c.execute(update(Study).where(Study.id == study_id).values(
-                instance_count=Study.instance_count + 1, total_bytes=Study.total_bytes + new.size_bytes,
-                last_received_at=now))
+                study_id, generation = self._open_study(c, new, now)
+            c.execute(_ADD_INSTANCE, {
+                "sop_instance_uid": new.sop_instance_uid, "study_id": study_id,
+                "series_instance_uid": new.series_instance_uid, "sop_class_uid": new.sop_class_uid,
+                "transfer_syntax_uid": new.transfer_syntax_uid, "modality": new.modality, "path": new.path,
+                "size_bytes": new.size_bytes, "received_at": now, "association_id": association_id,
+                "generation": generation, "file_missing": False, "pending_upload": new.pending_upload})
+
+    @staticmethod
+    def _open_study(c: Any, new: NewInstance, now: datetime) -> tuple[int, int]:
+        """The first instance of a study, or one that reopens a study past ``receiving``: create or
+        reopen the study row, counting the instance; returns its id and generation."""
+        study = c.execute(select(Study.id, Study.state, Study.generation)
+                          .where(Study.study_instance_uid == new.study_instance_uid).with_for_update()).first()
+        if study is None:
+            study_id = c.execute(insert(Study).values(
+                study_instance_uid=new.study_instance_uid, state=StudyState.RECEIVING.value,
+                modality=new.modality, calling_ae_title=new.calling_ae_title,
+                called_ae_title=new.called_ae_title, first_received_at=now, receiving_since=now,
+                last_received_at=now, state_changed_at=now, patient_pseudonym=new.patient_pseudonym,
+                generation=1, instance_count=1, total_bytes=new.size_bytes, lane=Lane(new.lane).value,
+                lease=0)).inserted_primary_key[0]
+            return study_id, 1
+        generation = study.generation
+        values: dict[str, Any] = {"instance_count": Study.instance_count + 1,
+                                  "total_bytes": Study.total_bytes + new.size_bytes, "last_received_at": now}
+        if study.state != StudyState.RECEIVING.value:
+            generation += 1
+            values.update(state=StudyState.RECEIVING.value, generation=generation, receiving_since=now,
+                          state_changed_at=now, completed_at=None)
+            c.execute(insert(Event).values(
+                kind="study", outcome="reopened", study_instance_uid=new.study_instance_uid,
+                sop_instance_uid=new.sop_instance_uid, at=now, detail={"from": study.state, "generation": generation}))
+        c.execute(update(Study).where(Study.id == study.id).values(**values))
+        return study.id, generation
 
     # -- completion ------------------------------------------------------------------------
 
