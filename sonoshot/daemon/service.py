@@ -28,6 +28,7 @@ from sonoshot.dicom_io.receive import Receiver, start_scp
 from sonoshot.dicom_io.spool import Spool
 from sonoshot.logs import configure_logging
 from sonoshot.model import load_detector
+from sonoshot.model.runtime import apply_threads
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Service:
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         self.store.migrate()
         jobs.recover(self.spool, self.store)
+        log.info("torch: %d intra-op threads", apply_threads(self.config.detector.threads))
         self.load_detector()
         config = self.config
         self.scheduler.add_job(jobs.sweep_completion, "interval", args=[self.store, config.completion],
@@ -99,7 +101,8 @@ class Service:
         detector = self.detectors.get()
         if detector is None:
             return None
-        return f"{detector.backbone_name} {(detector.bundle_sha256 or 'zero-shot')[:12]}"
+        return (f"{detector.backbone_name} {detector.precision} "
+                f"{(detector.bundle_sha256 or 'zero-shot')[:12]}")
 
     def load_detector(self) -> None:
         """(Re)load the detector from config; held studies are requeued once one is available."""

@@ -16,7 +16,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -33,6 +33,7 @@ from sonoshot.dicom_io.report import (ImageScoreRef, PredecessorRef, Quarantined
                                       build_report, report_sop_instance_uid)
 from sonoshot.dicom_io.spool import Spool
 from sonoshot.model import Detector, ImageScore
+from sonoshot.model.inputs import InputImage, dataset_frames
 
 log = logging.getLogger(__name__)
 
@@ -165,15 +166,21 @@ class StudyWorker:
 
     def _detect(self, detector: Detector, clean: list[tuple[InstanceRef, Path]], quarantined: list[QuarantinedRef]
                 ) -> tuple[list[_Scored], list[QuarantinedRef]]:
-        scored = []
-        for original, path in clean:
-            try:
-                (image,) = detector.score_dataset(dcmread(path))
-            except UndecodableError as exc:
-                quarantined.append(QuarantinedRef(original.sop_instance_uid, f"not scored: {exc}"))
-                continue
-            scored.append(_Scored(original, image.frames, image.score))
-        return scored, quarantined
+        """Score the study's instances in shared batches, decoding each as the batches need it."""
+        decoded: list[InstanceRef] = []
+
+        def images() -> Iterator[InputImage]:
+            for original, path in clean:
+                try:
+                    image = dataset_frames(dcmread(path), detector.config.frames_per_cine)
+                except UndecodableError as exc:
+                    quarantined.append(QuarantinedRef(original.sop_instance_uid, f"not scored: {exc}"))
+                    continue
+                decoded.append(original)
+                yield image
+
+        scores = detector.score_images(images())
+        return [_Scored(original, s.frames, s.score) for original, s in zip(decoded, scores)], quarantined
 
     def _report(self, study: StudyRef, detector: Detector, scored: list[_Scored], quarantined: list[QuarantinedRef],
                 headers: dict[str, Dataset], timings: dict[str, float]) -> NewResult | None:
