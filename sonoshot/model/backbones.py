@@ -121,7 +121,8 @@ def mask_annotations(image: torch.Tensor) -> torch.Tensor:
 
 def prepare_image(image: np.ndarray, size: int, mask: bool = True) -> torch.Tensor:
     """An RGB or monochrome frame as a ``(3, size, size)`` float tensor in [0, 1]:
-    annotations masked (:func:`mask_annotations`), letterboxed to a square, resized.
+    annotations masked (:func:`mask_annotations`), resized so its longer side is ``size``
+    (antialiased), centred on a black square.
 
     Raises
     ------
@@ -141,11 +142,11 @@ def prepare_image(image: np.ndarray, size: int, mask: bool = True) -> torch.Tens
     if mask:
         x = mask_annotations(x)
     h, w = x.shape[1:]
-    side = max(h, w)
-    top, left = (side - h) // 2, (side - w) // 2
-    square = F.pad(x, (left, side - w - left, top, side - h - top)).unsqueeze(0) / 255
-    return F.interpolate(square, size=(size, size), mode="bilinear", antialias=True,
-                         align_corners=False)[0]
+    rows, cols = max(1, round(h * size / max(h, w))), max(1, round(w * size / max(h, w)))
+    small = F.interpolate(x.unsqueeze(0) / 255, size=(rows, cols), mode="bilinear",
+                          antialias=True, align_corners=False)[0]
+    top, left = (size - rows) // 2, (size - cols) // 2
+    return F.pad(small, (left, size - cols - left, top, size - rows - top))
 
 
 class Backbone(abc.ABC):

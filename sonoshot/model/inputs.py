@@ -13,6 +13,7 @@ they do not fit the image, which :func:`~sonoshot.dicom_io.pixels.ultrasound_reg
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def dataset_frames(ds: Dataset, frames_per_cine: int) -> InputImage:
 
 
 def read_input(path: Path, frames_per_cine: int) -> InputImage:
-    """Read a DICOM file or an image file.
+    """Read a DICOM file or an image file (once: parsed and hashed from the same bytes).
 
     Raises
     ------
@@ -93,13 +94,13 @@ def read_input(path: Path, frames_per_cine: int) -> InputImage:
     digest = hashlib.sha256(data).hexdigest()
     if path.suffix.lower() in IMAGE_SUFFIXES:
         try:
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data)) as im:
                 frame = np.asarray(im.convert("RGB"))
         except (UnidentifiedImageError, OSError) as exc:
             raise InputError(f"{path}: not a readable image ({exc})") from exc
         return InputImage(path.name, digest, (0,), (frame,))
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(io.BytesIO(data))
         image = dataset_frames(ds, frames_per_cine)
     except (InvalidDicomError, ValueError, AttributeError, OSError) as exc:
         raise InputError(f"{path}: not a decodable DICOM image ({exc})") from exc
