@@ -2,7 +2,9 @@
 =========
 
 What the detector reads: DICOM instances (through :mod:`sonoshot.dicom_io.pixels`, the one
-decode path) and plain PNG/JPEG files, turned into RGB frames cropped to the ultrasound image.
+decode path; :func:`~sonoshot.dicom_io.pixels.iter_frames_fast`, which decodes JPEG Baseline
+with libjpeg-turbo) and plain PNG/JPEG files, turned into RGB frames cropped to the ultrasound
+image.
 
 For DICOM: frames are sampled evenly from cine loops (``frames_per_cine``), and each frame is
 cropped to the largest 2D tissue region of the Sequence of Ultrasound Regions (the largest
@@ -23,7 +25,8 @@ from PIL import Image, UnidentifiedImageError
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from sonoshot.dicom_io.pixels import RegionError, frame_count, iter_frames, ultrasound_regions
+from sonoshot.dicom_io.pixels import (RegionError, frame_count, iter_frames_fast,
+                                     ultrasound_regions)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -73,7 +76,7 @@ def dataset_frames(ds: Dataset, frames_per_cine: int) -> InputImage:
     indices = even_indices(frame_count(ds), frames_per_cine)
     box = crop_box(ds)
     frames = []
-    for frame in iter_frames(ds, indices):
+    for frame in iter_frames_fast(ds, indices):
         if box is not None:
             x0, y0, x1, y1 = box
             frame = frame[y0:y1 + 1, x0:x1 + 1]

@@ -94,7 +94,8 @@ def embed_frames(backbone: Backbone, frames: Iterable[np.ndarray], mask: bool = 
     def forward() -> None:
         batch = torch.stack(pending)
         pending.clear()
-        outputs = [backbone.embed_tensors_with_patches(v) for v in augment_views(batch)[:n_views]]
+        variants = [batch] if n_views == 1 else augment_views(batch)[:n_views]
+        outputs = [backbone.embed_tensors_with_patches(v) for v in variants]
         views.append(np.stack([emb for emb, _ in outputs], axis=1))
         if outputs[0][1] is not None:
             patches.append(np.stack([p for _, p in outputs], axis=1))
