@@ -76,11 +76,13 @@ def _window_max(x: torch.Tensor, radius: int) -> torch.Tensor:
     return x
 
 
-def _window_sum(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Sum over the ``size x size`` window around each pixel (zero outside), by integral image."""
+def _window_sum_at(x: torch.Tensor, size: int, rows: torch.Tensor, cols: torch.Tensor
+                   ) -> torch.Tensor:
+    """Sum over the ``size x size`` window around pixels ``(rows, cols)`` of a 2-D tensor (zero
+    outside), by integral image: only the wanted pixels are combined."""
     r = size // 2
     c = F.pad(x, (r + 1, r, r + 1, r)).cumsum(0).cumsum(1)
-    return c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]
+    return c[rows + size, cols + size] - c[rows, cols + size] - c[rows + size, cols] + c[rows, cols]
 
 
 def mask_annotations(image: torch.Tensor) -> torch.Tensor:
@@ -102,20 +104,23 @@ def mask_annotations(image: torch.Tensor) -> torch.Tensor:
         The image itself when nothing is masked, else the filled grey image as ``(3, H, W)``.
     """
     total = image.sum(0)
-    bright = (total >= 3 * 235).float()
+    bright = (total >= 3 * 235).to(torch.int8)
     opened = _window_max(-_window_max(-bright, 1), 1)
     overlay = (image.amax(0) - image.amin(0) > 40) | (bright > opened)
-    mask = _window_max(overlay.float(), 2) > 0
+    mask = _window_max(overlay.to(torch.uint8), 2) > 0
     if not mask.any():
         return image
     grey = total / 3
     keep = (~mask).float()
-    weight = _window_sum(keep, 15)
-    out = torch.where(mask, _window_sum(grey * keep, 15) / weight.clamp(min=0.225), grey)
-    far = mask & (weight <= 0.05 * 225)
+    rows, cols = mask.nonzero(as_tuple=True)
+    weight = _window_sum_at(keep, 15, rows, cols)
+    fill = _window_sum_at(grey * keep, 15, rows, cols) / weight.clamp(min=0.225)
+    far = weight <= 0.05 * 225
     if far.any():
         tissue = grey[~mask]
-        out[far] = tissue[:: max(1, len(tissue) // 4096)].median() if len(tissue) else 0.0
+        fill[far] = tissue[:: max(1, len(tissue) // 4096)].median() if len(tissue) else 0.0
+    out = grey.clone()
+    out[rows, cols] = fill
     return out.clamp(0, 255).floor().expand(3, -1, -1)
 
 
