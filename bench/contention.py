@@ -34,16 +34,18 @@ def fit_command(folder: Path, out: Path, threads: int, precision: str) -> list[s
 
 def run_together(commands: list[list[str]]) -> list[float]:
     """Start the commands at once; the wall seconds of each."""
+    logs = [tempfile.TemporaryFile() for _ in commands]  # progress bars: no pipe to fill
     start = time.perf_counter()
-    running = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-               for c in commands]
+    running = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=log)
+               for c, log in zip(commands, logs)]
     ended: dict[int, float] = {}
     while len(ended) < len(running):
         for i, process in enumerate(running):
             if i not in ended and process.poll() is not None:
                 ended[i] = time.perf_counter() - start
                 if process.returncode != 0:
-                    err = process.stderr.read().decode(errors="replace")[-2000:]
+                    logs[i].seek(0)
+                    err = logs[i].read().decode(errors="replace")[-2000:]
                     raise RuntimeError(f"sonoshot fit failed: {err}")
         time.sleep(0.05)
     return [ended[i] for i in range(len(running))]
