@@ -155,6 +155,7 @@ class DeliveryConfig:
 @dataclass(frozen=True)
 class WorkersConfig:
     count: int = 1  # studies processed at once (de-identify, detect, report)
+    batch_wait_s: float = 0.05  # with count > 1: how long a study waits at the detector for others to share its batches
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "delivery.max_attempts": (1, 10**6),
     "delivery.sweep_interval_s": (0.05, 3600),
     "workers.count": (1, 64),
+    "workers.batch_wait_s": (0, 10),
     "deid.ocr_max_frames": (1, 10**6),
     "deid.ocr_min_score": (50, 100),
     "detector.frames_per_cine": (1, 1000),

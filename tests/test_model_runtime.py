@@ -1,6 +1,6 @@
 """How the detector runs: precision and thread settings (config, CLI, daemon), bundles that
-record their precision, and scoring many images in shared batches (efficientnet-lite0 on real
-BUSI images and real ultrasound DICOM frames)."""
+record their precision, and scoring many images (of one study or of several) in shared batches
+(efficientnet-lite0 on real BUSI images and real ultrasound DICOM frames)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,18 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from sonoshot.cli import main
 from sonoshot.config import ConfigError, DetectorConfig, parse_config
-from sonoshot.model import create_backbone, fit_detector, load_detector, save_bundle
+from sonoshot.model import Detector, create_backbone, fit_detector, load_detector, save_bundle
+from sonoshot.model.batching import SharedScorer
 from sonoshot.model.evaluate import read_manifest
 from sonoshot.model.inputs import InputImage, dataset_frames, read_input
 from sonoshot.model.pipeline import embed_frames, in_background
 from sonoshot.model.runtime import default_threads, native_bf16, resolve_precision, usable_cores
 from tests.daemon import Daemon
+from tests.peers import dcmsend, wait_for
 
 FP32 = DetectorConfig(backbone="efficientnet-lite0", precision="fp32")
 CINES = ("orthanc-Issue16.dcm", "dcm4che-US-PAL-8-10x-echo", "orthanc-1.2.840.10008.1.2.4.50.dcm")
@@ -183,3 +186,70 @@ def test_daemon_applies_threads_and_reports_precision(tmp_path: Path, demo_bundl
     log = daemon.log()
     assert "torch: 1 intra-op threads" in log
     assert f"validated at {validated}, running at {other}" in log
+
+
+class CountingDetector(Detector):
+    """The fitted detector, recording how many images each score_images call scored."""
+
+    def __init__(self, fitted: Detector) -> None:
+        super().__init__(fitted.backbone, fitted.state, fitted.config, fitted.provenance)
+        self.calls: list[int] = []
+
+    def score_images(self, images):
+        scores = super().score_images(images)
+        self.calls.append(len(scores))
+        return scores
+
+
+def test_shared_scorer_batches_concurrent_studies(fitted, images) -> None:
+    detector = CountingDetector(fitted)
+    alone = [s.score for s in fitted.score_images(images)]
+    scorer = SharedScorer(wait_s=2.0)
+    results: dict[str, object] = {}
+
+    def study(name: str, part: list[InputImage]) -> None:
+        try:
+            results[name] = scorer.score(detector, iter(part))
+        except Exception as exc:  # noqa: BLE001 - checked below
+            results[name] = exc
+
+    def broken():
+        yield images[0]
+        raise pydicom.errors.InvalidDicomError("working copy is not DICOM")
+
+    workers = [threading.Thread(target=study, args=("a", images[:2])),
+               threading.Thread(target=study, args=("b", images[2:])),
+               threading.Thread(target=study, args=("c", broken()))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    scorer.close()
+    assert detector.calls == [5]  # three studies in one call: 2 + 2 + the broken one's first
+    np.testing.assert_allclose([s.score for s in results["a"] + results["b"]], alone, atol=1e-5)
+    assert isinstance(results["c"], pydicom.errors.InvalidDicomError)  # that study only
+    with pytest.raises(ValueError, match="wait_s"):
+        SharedScorer(wait_s=-1)
+
+
+@pytest.mark.slow
+def test_daemon_workers_share_the_scorer(tmp_path: Path, shared_dicom: Path,
+                                         demo_bundle: Path) -> None:
+    """Two workers, three studies sent at once: every study is scored through the shared
+    scorer and gets its result (identical pixels, identical scores)."""
+    files = []
+    for n in range(3):
+        ds = pydicom.dcmread(shared_dicom / "orthanc-Issue16.dcm")
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        files.append(tmp_path / f"study{n}.dcm")
+        ds.save_as(files[-1])
+    daemon = Daemon(tmp_path / "d", {"detector": {"bundle": str(demo_bundle)},
+                                     "workers": {"count": 2, "batch_wait_s": 1.0}})
+    with daemon:
+        assert dcmsend(daemon.port, files).returncode == 0
+        wait_for(lambda: daemon.query("select count(*) from results")[0][0] == 3, timeout=240,
+                 interval=0.5, what="three results")
+        rows = daemon.query("select score, images_scored from results")
+    assert [r[1] for r in rows] == [1, 1, 1]
+    assert max(r[0] for r in rows) - min(r[0] for r in rows) < 1e-6

@@ -28,6 +28,7 @@ from sonoshot.dicom_io.receive import Receiver, start_scp
 from sonoshot.dicom_io.spool import Spool
 from sonoshot.logs import configure_logging
 from sonoshot.model import load_detector
+from sonoshot.model.batching import SharedScorer
 from sonoshot.model.runtime import apply_threads
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Service:
         self.http: http.OpsServer | None = None
         self.stop_workers = threading.Event()
         self.workers: list[StudyWorker] = []
+        self.scorer = SharedScorer(config.workers.batch_wait_s) if config.workers.count > 1 else None
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -80,7 +82,8 @@ class Service:
                                args=[self.store, config.storage.spool_dir, config.storage.work_dir, config.retention])
         self.scheduler.start()
         for n in range(config.workers.count):
-            worker = StudyWorker(config, self.store, self.spool, self.key, self.detectors, self.metrics.observe_stage)
+            worker = StudyWorker(config, self.store, self.spool, self.key, self.detectors, self.metrics.observe_stage,
+                                 self.scorer)
             thread = threading.Thread(target=worker.run, args=[self.stop_workers], name=f"worker-{n}", daemon=True)
             thread.start()
             self.workers.append(worker)
@@ -136,6 +139,8 @@ class Service:
         self.stop_workers.set()
         for thread in self.threads:
             thread.join(timeout=120)
+        if self.scorer is not None:
+            self.scorer.close()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.store.record_event("service", "stopped")

@@ -33,6 +33,7 @@ from sonoshot.dicom_io.report import (ImageScoreRef, PredecessorRef, Quarantined
                                       build_report, report_sop_instance_uid)
 from sonoshot.dicom_io.spool import Spool
 from sonoshot.model import Detector, ImageScore
+from sonoshot.model.batching import SharedScorer
 from sonoshot.model.inputs import InputImage, dataset_frames
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class StudyWorker:
     """Processes claimed studies; ``run`` loops until ``stop`` is set."""
 
     def __init__(self, config: Config, store: Store, spool: Spool, key: bytes, detectors: DetectorSlot,
-                 observe_stage: StageTimer | None = None) -> None:
+                 observe_stage: StageTimer | None = None, scorer: SharedScorer | None = None) -> None:
         self.config = config
         self.store = store
         self.spool = spool
@@ -77,6 +78,7 @@ class StudyWorker:
         self.observe_stage = observe_stage or (lambda _stage, _seconds: None)
         self.work_root = Path(config.storage.work_dir)
         self.quarantine_root = Path(config.storage.quarantine_dir)
+        self.scorer = scorer  # shared by the workers, so their studies share the backbone's batches
 
     def run(self, stop: threading.Event, idle_s: float = 0.25) -> None:
         """Claim and process studies until ``stop`` is set (the study in hand is finished first)."""
@@ -166,7 +168,8 @@ class StudyWorker:
 
     def _detect(self, detector: Detector, clean: list[tuple[InstanceRef, Path]], quarantined: list[QuarantinedRef]
                 ) -> tuple[list[_Scored], list[QuarantinedRef]]:
-        """Score the study's instances in shared batches, decoding each as the batches need it."""
+        """Score the study's instances in shared batches (with other workers' studies through the
+        shared scorer), decoding each as the batches need it."""
         decoded: list[InstanceRef] = []
 
         def images() -> Iterator[InputImage]:
@@ -179,7 +182,7 @@ class StudyWorker:
                 decoded.append(original)
                 yield image
 
-        scores = detector.score_images(images())
+        scores = self.scorer.score(detector, images()) if self.scorer else detector.score_images(images())
         return [_Scored(original, s.frames, s.score) for original, s in zip(decoded, scores)], quarantined
 
     def _report(self, study: StudyRef, detector: Detector, scored: list[_Scored], quarantined: list[QuarantinedRef],
