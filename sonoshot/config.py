@@ -140,16 +140,22 @@ class Destination:
     host: str = ""
     port: int = 104
     calling_ae_title: str = ""  # our AE title towards this PACS; empty: network.ae_title
+    mode: Literal["", "send", "shadow"] = ""  # send or shadow for this destination; empty: delivery.mode
     tls: TLSConfig = field(default_factory=TLSConfig)
 
 
 @dataclass(frozen=True)
 class DeliveryConfig:
     destinations: tuple[Destination, ...] = ()  # where SRs go; empty: results stay in the database
+    mode: Literal["send", "shadow"] = "send"  # shadow: build and keep every SR, send none until released
     max_attempts: int = 12  # then the outbox entry becomes dead-letter
     backoff_initial_s: float = 5.0  # first retry delay, doubled each attempt
     backoff_max_s: float = 900.0  # cap on the retry delay
     sweep_interval_s: float = 2.0  # how often the outbox is polled
+
+    def mode_of(self, destination: Destination) -> str:
+        """``send`` or ``shadow`` for ``destination``: its own ``mode``, else this section's."""
+        return destination.mode or self.mode
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,36 @@ class HttpConfig:
     enabled: bool = True
     bind_address: str = "127.0.0.1"  # /healthz and /metrics
     port: int = 9110
+
+
+@dataclass(frozen=True)
+class ConsoleTLSConfig:
+    certificate: str = ""  # PEM certificate of the console; empty: plain HTTP (keep it on 127.0.0.1)
+    private_key: str = ""  # PEM private key for `certificate`
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    enabled: bool = False  # serve the web console (users: `sonoshot users add NAME --role ROLE`)
+    bind_address: str = "127.0.0.1"  # console listen address
+    port: int = 9120  # console HTTP(S) port
+    secret_key_file: Path = Path("var/console.key")  # session signing secret, created (0600) when missing
+    session_minutes: int = 30  # a login lasts this long without activity
+    max_failed_logins: int = 5  # failed logins of one user within 15 minutes before it is locked for 15
+    tls: ConsoleTLSConfig = field(default_factory=ConsoleTLSConfig)
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    target_sensitivity: float = 0.9  # `sonoshot performance` reports the threshold that reaches it
+    bootstrap_resamples: int = 2000  # resamples for the AUROC 95 % interval
+    drift_interval_s: float = 900.0  # how often the daemon recomputes scanner drift (gauges, events)
+    drift_days: float = 7.0  # drift window: the scanner's instances of the last this many days
+    drift_min_instances: int = 20  # fewer scored instances in the window: no drift verdict
+    drift_alpha: float = 0.001  # KS p-value below which a distribution counts as changed
+    psi_alert: float = 0.25  # score PSI at or above which the score shift is material
+    image_shift_alert: float = 0.1  # relative median change of brightness or size that is material
+    quarantine_alert: float = 0.2  # share of a scanner's instances quarantined that raises the flag
 
 
 @dataclass(frozen=True)
@@ -191,6 +227,8 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
 _RANGES: dict[str, tuple[float, float]] = {
@@ -210,6 +248,18 @@ _RANGES: dict[str, tuple[float, float]] = {
     "deid.ocr_min_score": (50, 100),
     "detector.frames_per_cine": (1, 1000),
     "detector.threads": (0, 1024),
+    "console.port": (1, 65535),
+    "console.session_minutes": (1, 24 * 60),
+    "console.max_failed_logins": (1, 1000),
+    "validation.target_sensitivity": (0.01, 1.0),
+    "validation.bootstrap_resamples": (100, 10**6),
+    "validation.drift_interval_s": (1, 7 * 86400),
+    "validation.drift_days": (0.01, 366),
+    "validation.drift_min_instances": (2, 10**6),
+    "validation.drift_alpha": (1e-12, 0.5),
+    "validation.psi_alert": (0.0, 100.0),
+    "validation.image_shift_alert": (0.0, 100.0),
+    "validation.quarantine_alert": (0.0, 1.0),
 }
 
 
@@ -290,6 +340,8 @@ def _check(config: Config) -> None:
     if config.detector.precision == "fp16" and not config.detector.device.startswith("cuda"):
         raise ConfigError("detector.precision", f"fp16 needs a CUDA detector.device, not "
                           f"{config.detector.device!r}; use auto, fp32 or bf16")
+    if config.console.tls.certificate and not config.console.tls.private_key:
+        raise ConfigError("console.tls.private_key", "required when console.tls.certificate is set")
     for title_key, title in (("network.ae_title", config.network.ae_title),):
         if not 0 < len(title) <= 16 or "\\" in title:
             raise ConfigError(title_key, f"expected 1 to 16 characters without backslash, got {title!r}")

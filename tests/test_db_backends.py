@@ -13,16 +13,18 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.exc import StatementError
 
 from sonoshot.db.lifecycle import OutboxState, StudyState
 from sonoshot.db.models import Association, Delivery, Event, Instance, Study, utcnow
-from sonoshot.db.store import NewInstance, NewResult, Store
+from sonoshot.db.store import MIGRATIONS, NewInstance, NewResult, Store
 from tests.postgres import postgres_url  # noqa: F401  (the session-scoped server fixture)
 
 PREFIX = "1.2.826.0.1.3680043.10.4321"
-TABLES = {"associations", "studies", "instances", "events", "results", "deliveries", "alembic_version"}
+TABLES = {"associations", "studies", "instances", "events", "results", "deliveries", "alembic_version",
+          "feedback", "scanners", "observations", "users"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -85,7 +87,8 @@ def test_migrate_creates_the_schema_and_is_idempotent(store):
     assert TABLES <= set(inspect(store.engine).get_table_names())
     store.migrate()  # already at head: nothing to do
     with store.engine.connect() as c:
-        assert c.scalar(text("SELECT version_num FROM alembic_version")) == "0002"
+        head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+        assert c.scalar(text("SELECT version_num FROM alembic_version")) == head
         assert {i["name"] for i in inspect(c).get_indexes("studies")} >= {"ix_studies_state"}
 
 
@@ -327,3 +330,31 @@ def test_byte_counts_past_2_gib(store):
     assert store.study(study).instance_count == 2
     with store.read_session() as s:
         assert s.scalar(select(Study.total_bytes).where(Study.study_instance_uid == study)) == 2**31 + 900
+
+
+def test_shadow_outbox_feedback_and_observations(store):
+    from sonoshot.db import users
+    from sonoshot.db.outbox import discard_held, hold_pending, release_held
+    from sonoshot.db.validation import (Device, NewFeedback, NewObservation, labelled_results, observations,
+                                        record_feedback, record_observations, scanners)
+
+    kept, dropped = _uid(), _uid()
+    for study in (kept, dropped):
+        _complete(store, study)
+        claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
+        device = Device("ACME", "Sono 1", "2.0", "L12")
+        record_observations(store, claimed, [NewObservation(f"{study}.1.1", device, "BREAST", False, None, 0.7, 512,
+                                                            512, 80.0)])
+        assert store.add_result(claimed, _result(study, 1), ["pacs"]) is not None
+    assert hold_pending(store, "pacs") == 2 and store.due_deliveries("pacs") == []
+    assert discard_held(store, "tester", destination="pacs", since=utcnow() + timedelta(days=1)).withheld == 0  # none so new
+    assert release_held(store, "tester").released == 2 and len(store.due_deliveries("pacs")) == 2
+    record_feedback(store, NewFeedback(kept, "abnormal", "dr.who", "console", "127.0.0.1", "solid mass", "ris"))
+    record_feedback(store, NewFeedback(kept, "normal", "dr.who", "cli", "host"))  # the latest label counts
+    ((row,),) = [labelled_results(store)]
+    assert (row.study_instance_uid, row.label, row.scanner, row.organ) == (kept, "normal",
+                                                                           "ACME / Sono 1 / sw 2.0 / probe L12", "BREAST")
+    assert len(scanners(store)) == 1 and len(observations(store)) == 2
+    assert _events(store, "scanner", kept) == ["first-seen"] and _events(store, "scanner", dropped) == []
+    users.add_user(store, "ann", "admin", "$argon2id$hash", "test")
+    assert users.record_login(store, "ann", False, max_failed=1) is True

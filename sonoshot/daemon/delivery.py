@@ -5,7 +5,9 @@ The outbox: each destination has its own scheduled job that sends its due SRs, s
 that is down or slow never holds up another. Failures back off exponentially up to a cap;
 after ``max_attempts`` (or a permanent refusal) a delivery becomes ``dead-letter`` until
 ``sonoshot resend`` puts it back. The SR's SOP Instance UID is deterministic, so a send
-repeated after a crash files no duplicate in the PACS.
+repeated after a crash files no duplicate in the PACS. A destination in shadow mode
+(``delivery.mode``) sends nothing: its due rows are held until ``sonoshot release``
+(:mod:`sonoshot.db.outbox`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pydicom import dcmread
 
 from sonoshot.config import DeliveryConfig, Destination
 from sonoshot.db.lifecycle import OutboxState
+from sonoshot.db.outbox import hold_pending
 from sonoshot.db.store import DeliveryRef, Store
 from sonoshot.dicom_io.send import send_datasets
 from sonoshot.dicom_io.spool import Spool
@@ -31,7 +34,12 @@ def backoff_s(attempts: int, delivery: DeliveryConfig) -> float:
 
 def deliver_due(destination: Destination, store: Store, spool: Spool, delivery: DeliveryConfig,
                 calling_ae_title: str, on_failure: Callable[[str], None] | None = None) -> int:
-    """Send every due SR for ``destination``; returns how many were delivered."""
+    """Send every due SR for ``destination`` (hold them in shadow mode); returns how many were delivered."""
+    if delivery.mode_of(destination) == "shadow":
+        held = hold_pending(store, destination.name)
+        if held:
+            log.info("shadow mode: %d SR(s) for %s held, not sent", held, destination.name)
+        return 0
     delivered = 0
     for item in store.due_deliveries(destination.name):
         if _attempt(item, destination, store, spool, delivery, calling_ae_title) is OutboxState.DELIVERED:

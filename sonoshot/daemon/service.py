@@ -12,6 +12,7 @@ import functools
 import logging
 import signal
 import threading
+from datetime import datetime, timezone
 
 import pydicom
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -21,6 +22,7 @@ from sonoshot.config import Config, load_config
 from sonoshot.daemon import http, jobs, retention
 from sonoshot.daemon.delivery import deliver_due
 from sonoshot.daemon.metrics import Metrics
+from sonoshot.daemon.watch import DriftCollector, DriftWatch
 from sonoshot.daemon.worker import DetectorSlot, StudyWorker
 from sonoshot.db.store import Store
 from sonoshot.dicom_io.deid import DeidKeyError, load_key, ocr, patient_pseudonym
@@ -32,6 +34,14 @@ from sonoshot.model.batching import SharedScorer
 from sonoshot.model.runtime import apply_threads
 
 log = logging.getLogger(__name__)
+
+
+def start_console(config: Config, store: Store, spool: Spool, key: bytes):
+    """The web console on its own port (``console.*``), served from a background thread."""
+    from sonoshot.console.app import ConsoleContext, create_app
+    from sonoshot.console.server import ConsoleServer
+
+    return ConsoleServer(config.console, create_app(ConsoleContext(config, store, spool, key))).start()
 
 
 class Service:
@@ -54,10 +64,13 @@ class Service:
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry, self.store, config.storage.spool_dir,
                                [d.name for d in config.delivery.destinations])
+        self.drift = DriftWatch(self.store, lambda: self.config)
+        self.registry.register(DriftCollector(self.drift))
         self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self.detectors = DetectorSlot()
         self.server = None
         self.http: http.OpsServer | None = None
+        self.console = None
         self.stop_workers = threading.Event()
         self.workers: list[StudyWorker] = []
         self.scorer = SharedScorer(config.workers.batch_wait_s) if config.workers.count > 1 else None
@@ -73,13 +86,11 @@ class Service:
         config = self.config
         self.scheduler.add_job(jobs.sweep_completion, "interval", args=[self.store, config.completion],
                                seconds=config.completion.sweep_interval_s, id="completion")
-        for destination in config.delivery.destinations:
-            self.scheduler.add_job(
-                deliver_due, "interval", seconds=config.delivery.sweep_interval_s, id=f"deliver-{destination.name}",
-                args=[destination, self.store, self.spool, config.delivery, config.network.ae_title,
-                      self.metrics.delivery_failed])
+        self.schedule_deliveries(config)
         self.scheduler.add_job(retention.purge_expired, "interval", seconds=retention.INTERVAL_S, id="retention",
                                args=[self.store, config.storage.spool_dir, config.storage.work_dir, config.retention])
+        self.scheduler.add_job(self.drift.run, "interval", seconds=config.validation.drift_interval_s, id="drift",
+                               next_run_time=datetime.now(timezone.utc))
         self.scheduler.start()
         for n in range(config.workers.count):
             worker = StudyWorker(config, self.store, self.spool, self.key, self.detectors, self.metrics.observe_stage,
@@ -98,7 +109,17 @@ class Service:
                 "scp": http.scp_check(lambda: self.server),
                 "detector": http.detector_check(self.describe_detector),
             }, self.registry)
+        if config.console.enabled:
+            self.console = start_console(config, self.store, self.spool, self.key)
         self.store.record_event("service", "started")
+
+    def schedule_deliveries(self, config: Config) -> None:
+        """One outbox job per destination, (re)scheduled with ``config``'s delivery mode and settings."""
+        for destination in config.delivery.destinations:
+            self.scheduler.add_job(
+                deliver_due, "interval", seconds=config.delivery.sweep_interval_s, id=f"deliver-{destination.name}",
+                args=[destination, self.store, self.spool, config.delivery, config.network.ae_title,
+                      self.metrics.delivery_failed], replace_existing=True)
 
     def describe_detector(self) -> str | None:
         detector = self.detectors.get()
@@ -118,12 +139,13 @@ class Service:
                 log.info("%d studies awaiting a detector requeued", requeued)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config file's routing rules and detector bundle."""
+        """SIGHUP: re-read the config file's routing rules, delivery modes and detector bundle."""
         try:
             fresh = load_config(self.config_path) if self.config_path else self.config
             self.config = fresh
             for worker in self.workers:
                 worker.config = fresh
+            self.schedule_deliveries(fresh)  # delivery.mode: shadow <-> send without a restart
             self.load_detector()
             self.store.record_event("service", "reloaded")
         except Exception as exc:  # a bad reload keeps the running configuration
@@ -144,6 +166,9 @@ class Service:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.store.record_event("service", "stopped")
+        if self.console is not None:
+            self.console.stop()
+            self.console = None
         if self.http is not None:
             self.http.stop()
             self.http = None

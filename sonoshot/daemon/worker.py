@@ -27,6 +27,7 @@ from sonoshot.config import Config
 from sonoshot.db.lifecycle import StudyState
 from sonoshot.daemon.routing import route
 from sonoshot.db.store import InstanceRef, NewResult, Store, StudyRef
+from sonoshot.db.validation import record_observations
 from sonoshot.dicom_io.deid import DeidPolicy, deidentify_file
 from sonoshot.dicom_io.pixels import UndecodableError
 from sonoshot.dicom_io.report import (ImageScoreRef, PredecessorRef, QuarantinedRef, StudyResult, VerdictValues,
@@ -35,6 +36,8 @@ from sonoshot.dicom_io.spool import Spool
 from sonoshot.model import Detector, ImageScore
 from sonoshot.model.batching import SharedScorer
 from sonoshot.model.inputs import InputImage, dataset_frames
+from sonoshot.validation.imaging import image_stats
+from sonoshot.validation.observe import observations
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ class _Scored:
     original: InstanceRef
     frames: tuple[int, ...]
     score: float
+    stats: tuple[int, int, float]  # rows, columns, brightness of the scored frames (drift)
 
 
 class DetectorSlot:
@@ -125,12 +129,14 @@ class StudyWorker:
         clean, quarantined = self._deidentify(study, instances)
         timings["deidentify"] = time.perf_counter() - started
         if not clean:
+            self._observe(study, headers, [], quarantined)
             self.store.move_study(study, StudyState.QUARANTINED,
                                   detail=f"{len(quarantined)} instance(s), none could be de-identified safely")
             return
         started = time.perf_counter()
         scored, quarantined = self._detect(detector, clean, quarantined)
         timings["detect"] = time.perf_counter() - started
+        self._observe(study, headers, scored, quarantined)
         if not scored:
             self.store.move_study(study, StudyState.QUARANTINED, detail="no instance could be scored")
             return
@@ -157,6 +163,13 @@ class StudyWorker:
                 quarantined.append(QuarantinedRef(instance.sop_instance_uid, outcome.reason or "quarantined"))
         return clean, quarantined
 
+    def _observe(self, study: StudyRef, headers: dict[str, Dataset], scored: list[_Scored],
+                 quarantined: list[QuarantinedRef]) -> None:
+        """Device, image statistics and score of each instance, for drift (:mod:`sonoshot.validation`)."""
+        record_observations(self.store, study, observations(
+            headers, [(s.original.sop_instance_uid, s.score, s.stats) for s in scored],
+            [(q.sop_instance_uid, q.reason) for q in quarantined]))
+
     def _quarantine_report(self, study: StudyRef, instance: InstanceRef, report: dict) -> None:
         """Leave the de-identifier's PHI-free report where an admin looks for quarantined instances;
         the instance itself stays in the spool, untouched."""
@@ -170,7 +183,7 @@ class StudyWorker:
                 ) -> tuple[list[_Scored], list[QuarantinedRef]]:
         """Score the study's instances in shared batches (with other workers' studies through the
         shared scorer), decoding each as the batches need it."""
-        decoded: list[InstanceRef] = []
+        decoded: list[tuple[InstanceRef, tuple[int, int, float]]] = []
 
         def images() -> Iterator[InputImage]:
             for original, path in clean:
@@ -179,11 +192,12 @@ class StudyWorker:
                 except UndecodableError as exc:
                     quarantined.append(QuarantinedRef(original.sop_instance_uid, f"not scored: {exc}"))
                     continue
-                decoded.append(original)
+                decoded.append((original, image_stats(image.frames)))
                 yield image
 
         scores = self.scorer.score(detector, images()) if self.scorer else detector.score_images(images())
-        return [_Scored(original, s.frames, s.score) for original, s in zip(decoded, scores)], quarantined
+        return [_Scored(original, s.frames, s.score, stats) for (original, stats), s in zip(decoded, scores)], \
+            quarantined
 
     def _report(self, study: StudyRef, detector: Detector, scored: list[_Scored], quarantined: list[QuarantinedRef],
                 headers: dict[str, Dataset], timings: dict[str, float]) -> NewResult | None:

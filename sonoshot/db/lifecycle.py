@@ -6,7 +6,8 @@ The study states and the legal moves between them: the one place that names stat
 The database is the queue. A study row moves
 ``receiving → complete → processing → reported → delivered``; side exits are ``ignored``
 (routing), ``awaiting-detector`` (no detector yet), ``quarantined`` (nothing could be
-de-identified safely), ``failed`` and ``dead-letter`` (delivery gave up). Each stage claims rows
+de-identified safely), ``failed``, ``dead-letter`` (delivery gave up) and ``withheld`` (shadow
+mode: its SRs were kept and discarded by ``sonoshot release --discard``, never sent). Each stage claims rows
 in one state and moves them on, so restart recovery is a query.
 """
 
@@ -26,12 +27,19 @@ class StudyState(str, Enum):
     IGNORED = "ignored"
     QUARANTINED = "quarantined"
     FAILED = "failed"
+    WITHHELD = "withheld"
 
 
 class OutboxState(str, Enum):
     PENDING = "pending"
     DELIVERED = "delivered"
     DEAD_LETTER = "dead-letter"
+    HELD = "held"  # shadow mode: built and kept, not sent until released
+    WITHHELD = "withheld"  # a held SR that was discarded (or superseded) at release: never sent
+
+
+#: Outbox states that still wait for something: a study with one of these is not settled.
+OUTBOX_WAITING = frozenset({OutboxState.PENDING, OutboxState.HELD})
 
 
 S = StudyState
@@ -43,16 +51,17 @@ LEGAL_MOVES: dict[StudyState, frozenset[StudyState]] = {
     S.COMPLETE: frozenset({S.PROCESSING}),
     S.PROCESSING: frozenset({S.IGNORED, S.REPORTED, S.AWAITING_DETECTOR, S.QUARANTINED, S.FAILED, S.COMPLETE}),
     S.AWAITING_DETECTOR: frozenset({S.COMPLETE}),
-    S.REPORTED: frozenset({S.DELIVERED, S.DEAD_LETTER}),
+    S.REPORTED: frozenset({S.DELIVERED, S.DEAD_LETTER, S.WITHHELD}),
     S.DEAD_LETTER: frozenset({S.REPORTED}),
     S.DELIVERED: frozenset(),
     S.IGNORED: frozenset(),
     S.QUARANTINED: frozenset(),
     S.FAILED: frozenset({S.COMPLETE}),
+    S.WITHHELD: frozenset(),
 }
 
 #: States whose work is finished: the spool may be purged after the retention period.
-SETTLED = frozenset({S.DELIVERED, S.DEAD_LETTER, S.IGNORED, S.QUARANTINED, S.FAILED})
+SETTLED = frozenset({S.DELIVERED, S.DEAD_LETTER, S.IGNORED, S.QUARANTINED, S.FAILED, S.WITHHELD})
 
 
 class IllegalMove(ValueError):

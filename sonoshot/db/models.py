@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -164,3 +164,68 @@ class Delivery(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     result: Mapped[Result] = relationship(back_populates="deliveries")
+
+
+class Feedback(Base):
+    """Ground truth for one study: a label, who gave it, through which door, from where.
+
+    The latest row of a study is its label. ``finding`` is free text that was screened for the
+    study's header PHI strings (and anything date- or ID-like) before it was stored.
+    """
+
+    __tablename__ = "feedback"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    label: Mapped[str] = mapped_column(String(16))  # normal, abnormal
+    finding: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(String(32))  # e.g. ris, radiologist, pathology
+    recorded_by: Mapped[str] = mapped_column(String(64))  # console user or OS user of the CLI
+    channel: Mapped[str] = mapped_column(String(16))  # cli, csv, console
+    origin: Mapped[str] = mapped_column(String(64))  # host name (CLI) or client address (console)
+
+
+class Scanner(Base):
+    """A device seen in received headers: PHI-free attributes only, first sighting recorded."""
+
+    __tablename__ = "scanners"
+    __table_args__ = (UniqueConstraint("manufacturer", "model", "software_versions", "probe"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    manufacturer: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(64))
+    software_versions: Mapped[str] = mapped_column(String(64))
+    probe: Mapped[str] = mapped_column(String(64))
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Observation(Base):
+    """What the detector saw of one instance at processing time: device, image statistics, score."""
+
+    __tablename__ = "observations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    scanner_id: Mapped[int] = mapped_column(ForeignKey("scanners.id"), index=True)
+    body_part: Mapped[str] = mapped_column(String(16))  # BodyPartExamined, empty when absent
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    quarantined: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str | None] = mapped_column(Text)  # why it was quarantined or not scored
+    score: Mapped[float | None] = mapped_column(Float)
+    rows: Mapped[int | None] = mapped_column(Integer)  # of the image region the model saw
+    columns: Mapped[int | None] = mapped_column(Integer)
+    brightness: Mapped[float | None] = mapped_column(Float)  # mean grey level 0-255 of those frames
+
+
+class User(Base):
+    """A web console account: a role and an Argon2id password hash, never the password."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # admin, auditor, clinician
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

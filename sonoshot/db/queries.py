@@ -30,7 +30,7 @@ DEID_EVENT_KIND = "deid"
 #: Event kind of the audit events retention writes.
 RETENTION_EVENT_KIND = "retention"
 #: Queues shown by ``sonoshot status`` and exported as ``sonoshot_queue_depth``.
-QUEUES = ("complete", "processing", "awaiting-detector", "pending-deliveries")
+QUEUES = ("complete", "processing", "awaiting-detector", "pending-deliveries", "held-deliveries")
 
 _CHUNK = 500  # values per IN (...) list, well under SQLite's variable limit
 _T = TypeVar("_T")
@@ -213,12 +213,14 @@ def studies_by_state(store: Store) -> dict[str, int]:
 
 
 def queue_depths(store: Store) -> dict[str, int]:
-    """Work waiting in each queue of :data:`QUEUES` (studies per state, outbox rows pending)."""
+    """Work waiting in each queue of :data:`QUEUES` (studies per state, outbox rows pending or
+    held in shadow mode)."""
     by_state = studies_by_state(store)
     with store.read_session() as s:
-        pending = s.scalar(select(func.count()).select_from(Delivery)
-                           .where(Delivery.state == OutboxState.PENDING.value))
-    depths = {**by_state, "pending-deliveries": pending or 0}
+        outbox = dict(s.execute(select(Delivery.state, func.count()).where(
+            Delivery.state.in_([OutboxState.PENDING.value, OutboxState.HELD.value])).group_by(Delivery.state)).all())
+    depths = {**by_state, "pending-deliveries": outbox.get(OutboxState.PENDING.value, 0),
+              "held-deliveries": outbox.get(OutboxState.HELD.value, 0)}
     return {queue: depths[queue] for queue in QUEUES}
 
 

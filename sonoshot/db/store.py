@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from sonoshot.db.lifecycle import OutboxState, StudyState, check_move
+from sonoshot.db.lifecycle import OUTBOX_WAITING, OutboxState, StudyState, check_move
 from sonoshot.db.models import Association, Delivery, Event, Instance, Result, Study, utcnow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -438,7 +438,7 @@ class Store:
             latest = s.scalar(select(Result.id).where(Result.study_id == study.id).order_by(Result.id.desc()).limit(1))
             states = set(s.scalars(select(Delivery.state).where(Delivery.result_id == latest)))
             if study.state in (StudyState.REPORTED.value, StudyState.DEAD_LETTER.value) and row.result_id == latest \
-                    and OutboxState.PENDING.value not in states:
+                    and not states & {w.value for w in OUTBOX_WAITING}:
                 final = StudyState.DEAD_LETTER if OutboxState.DEAD_LETTER.value in states else StudyState.DELIVERED
                 if final.value != study.state:
                     study.state, study.state_changed_at = final.value, now
@@ -452,8 +452,8 @@ class Store:
         with self.session() as s:
             query = select(Delivery).join(Result).join(Study)
             if study_instance_uid:
-                query = query.where(Study.study_instance_uid == study_instance_uid,
-                                    Delivery.state != OutboxState.DELIVERED.value)
+                query = query.where(Study.study_instance_uid == study_instance_uid,  # held: `sonoshot release`
+                                    Delivery.state.in_([OutboxState.PENDING.value, OutboxState.DEAD_LETTER.value]))
             else:
                 query = query.where(Delivery.state == OutboxState.DEAD_LETTER.value)
             rows = list(s.scalars(query))

@@ -40,6 +40,7 @@ from sonoshot.model.patches import PatchBank
 from sonoshot.model.pipeline import embed_frames
 from sonoshot.model.prompts import class_prompts, ensemble
 from sonoshot.model.runtime import native_bf16
+from sonoshot.validation.imaging import image_stats
 
 FORMAT_VERSION = 2
 DETECTOR_NAME = "sonoshot-fewshot"
@@ -96,6 +97,9 @@ class HeadState:
     patch_scale: tuple[float, float] = (0.0, 1.0)
     views: tuple[int, ...] = TTA_VIEWS  # augmentation views averaged at scoring time
     metrics: dict[str, float] = field(default_factory=dict)
+    # The support's leave-one-out scores and labels (the drift reference, sonoshot.validation)
+    # and, from fit_detector, the image statistics of its frames.
+    validation: dict[str, list] = field(default_factory=dict)
 
     def project(self, emb: np.ndarray) -> torch.Tensor:
         z = torch.as_tensor(emb, dtype=torch.float32)
@@ -256,6 +260,8 @@ def fit_state(support: Embeddings, labels: np.ndarray, text: np.ndarray | None, 
         values = state.bank.loo_anomaly(patches, owner, views)
         state.patch_scale = _scale(values)
         loo += _standardise(values, state.patch_scale)
+    if mode != "zero-shot":
+        state.validation = {"scores": _logistic(loo).tolist(), "labels": labels.tolist()}
     if mode == "labelled":
         state.threshold = float(_logistic(np.array([_youden_threshold(loo, labels)]))[0])
         metrics["loo_accuracy"] = float(((_logistic(loo) > state.threshold) == labels).mean())
@@ -389,6 +395,9 @@ def fit_detector(backbone: Backbone, normal: Sequence[InputImage], abnormal: Seq
     text = text_anchors(backbone, config.prompt_organs) if backbone.has_text else None
     state = fit_state(embed_views(backbone, frames, config.mask_annotations), labels, text, seed,
                       head_config)
+    stats = [image_stats([f]) for f in frames]
+    state.validation |= {"rows": [r for r, _, _ in stats], "columns": [c for _, c, _ in stats],
+                         "brightness": [b for _, _, b in stats]}
     provenance = {
         "seed": seed,
         "head_config": dataclasses.asdict(head_config),
@@ -438,6 +447,7 @@ def save_bundle(detector: Detector, folder: Path) -> str:
         "global_scale": None if state.global_scale is None else list(state.global_scale),
         "patch_scale": list(state.patch_scale),
         "metrics": state.metrics,
+        "validation": state.validation,
         **{k: v for k, v in detector.provenance.items() if k != "bundle_sha256"},
     }
     (folder / "bundle.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -496,7 +506,7 @@ def load_bundle(folder: Path, backbone: Backbone, config: DetectorConfig) -> Det
         tensors["protos"].numpy() if "protos" in tensors else None, meta["temperature"],
         meta["threshold"], bank,
         None if meta["global_scale"] is None else tuple(meta["global_scale"]),
-        tuple(meta["patch_scale"]), tuple(meta["views"]), meta["metrics"])
+        tuple(meta["patch_scale"]), tuple(meta["views"]), meta["metrics"], meta.get("validation", {}))
     provenance = {k: meta[k] for k in ("seed", "head_config", "support", "prompts") if k in meta}
     provenance["bundle_sha256"] = _digest(folder)
     return Detector(backbone, state, config, provenance)
