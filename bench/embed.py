@@ -160,7 +160,8 @@ def main() -> None:
     parser.add_argument("--precisions", default="auto,fp32",
                         help="precisions of the throughput table")
     parser.add_argument("--backbones", default="efficientnet-lite0,vit-b-16-random")
-    parser.add_argument("--no-auroc", action="store_true", help="skip the BUSI precision table")
+    parser.add_argument("--tables", default="throughput,precision",
+                        help="which tables: throughput (1.), precision (2.)")
     args = parser.parse_args()
     threads = apply_threads(args.threads)
     files = []
@@ -180,7 +181,8 @@ def main() -> None:
              "| backbone | precision | micro-batch | views per image | full path "
              "DICOM->embedding (img/s) | bare forward (img/s) | ratio | ratio per round |",
              "|---|---|---|---|---|---|---|---|"]
-    for name in names:
+    tables = args.tables.split(",")
+    for name in names if "throughput" in tables else []:
         for precision in args.precisions.split(","):
             backbone = make_backbone(name, precision)
             bare(backbone, 2 * backbone.batch_size)  # warm-up
@@ -192,7 +194,7 @@ def main() -> None:
                              f"| {total / seconds:.1f} | {total / bare_s:.1f} | "
                              f"{bare_s / seconds:.2f}x | "
                              + ", ".join(f"{r:.2f}x" for r in ratios) + " |")
-    if args.no_auroc:
+    if "precision" not in tables:
         print("\n".join(lines))
         return
     lines += ["", "| backbone | precision | bare forward (img/s) | prototype AUROC k=8 | k=16 "
