@@ -18,7 +18,7 @@ the backbone has a text tower.
   features are the ViT's patch tokens.
 
 Every backbone sees the same preparation (:func:`prepare_image`): burned-in annotations masked,
-letterboxed to a square, resized; then its own normalisation. The forward runs at the
+resized and letterboxed to a square; then its own normalisation. The forward runs at the
 backbone's precision (:mod:`~sonoshot.model.runtime`), in micro-batches of
 :attr:`Backbone.batch_size` frames: on CPU, 4 frames per forward are faster per frame than 16
 (the activations of larger batches leave the caches; measured in docs/benchmarks.md).
@@ -76,13 +76,16 @@ def _window_max(x: torch.Tensor, radius: int) -> torch.Tensor:
     return x
 
 
-def _window_sum_at(x: torch.Tensor, size: int, rows: torch.Tensor, cols: torch.Tensor
-                   ) -> torch.Tensor:
-    """Sum over the ``size x size`` window around pixels ``(rows, cols)`` of a 2-D tensor (zero
-    outside), by integral image: only the wanted pixels are combined."""
+def _window_sum_at(x: torch.Tensor, size: int, flat: torch.Tensor) -> torch.Tensor:
+    """Sum over the ``size x size`` window around the pixels at ``flat`` (row-major indices) of
+    a 2-D tensor (zero outside), by integral image: only the wanted pixels are combined."""
     r = size // 2
     c = F.pad(x, (r + 1, r, r + 1, r)).cumsum(0).cumsum(1)
-    return c[rows + size, cols + size] - c[rows, cols + size] - c[rows + size, cols] + c[rows, cols]
+    width = c.shape[1]
+    corner = flat // x.shape[1] * width + flat % x.shape[1]  # top-left corner in the padded sums
+    c = c.flatten()
+    return (c[corner + size * width + size] - c[corner + size] - c[corner + size * width]
+            + c[corner])
 
 
 def mask_annotations(image: torch.Tensor) -> torch.Tensor:
@@ -96,32 +99,34 @@ def mask_annotations(image: torch.Tensor) -> torch.Tensor:
     Parameters
     ----------
     image : torch.Tensor
-        RGB ``(3, H, W)`` float in [0, 255].
+        RGB ``(3, H, W)`` float in [0, 255] (fastest contiguous).
 
     Returns
     -------
     torch.Tensor
         The image itself when nothing is masked, else the filled grey image as ``(3, H, W)``.
     """
-    total = image.sum(0)
+    red, green, blue = image
+    total = red + green + blue
     bright = (total >= 3 * 235).to(torch.int8)
     opened = _window_max(-_window_max(-bright, 1), 1)
-    overlay = (image.amax(0) - image.amin(0) > 40) | (bright > opened)
-    mask = _window_max(overlay.to(torch.uint8), 2) > 0
-    if not mask.any():
+    spread = torch.maximum(torch.maximum(red, green), blue) - torch.minimum(
+        torch.minimum(red, green), blue)
+    mask = _window_max(((spread > 40) | (bright > opened)).to(torch.uint8), 2) > 0
+    flat = mask.flatten().nonzero().squeeze(1)
+    if len(flat) == 0:
         return image
     grey = total / 3
     keep = (~mask).float()
-    rows, cols = mask.nonzero(as_tuple=True)
-    weight = _window_sum_at(keep, 15, rows, cols)
-    fill = _window_sum_at(grey * keep, 15, rows, cols) / weight.clamp(min=0.225)
+    weight = _window_sum_at(keep, 15, flat)
+    fill = _window_sum_at(grey * keep, 15, flat) / weight.clamp(min=0.225)
     far = weight <= 0.05 * 225
     if far.any():
         tissue = grey[~mask]
         fill[far] = tissue[:: max(1, len(tissue) // 4096)].median() if len(tissue) else 0.0
-    out = grey.clone()
-    out[rows, cols] = fill
-    return out.clamp(0, 255).floor().expand(3, -1, -1)
+    out = grey.flatten().clone()
+    out[flat] = fill
+    return out.view_as(grey).clamp(0, 255).floor().expand(3, -1, -1)
 
 
 def prepare_image(image: np.ndarray, size: int, mask: bool = True) -> torch.Tensor:
@@ -143,7 +148,7 @@ def prepare_image(image: np.ndarray, size: int, mask: bool = True) -> torch.Tens
         image = ((image - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8)
     if not (image.flags.writeable and image.flags.c_contiguous):
         image = np.array(image)  # torch shares numpy's memory: hand it a writable copy
-    x = torch.from_numpy(image).permute(2, 0, 1).float().expand(3, -1, -1)
+    x = torch.from_numpy(image).permute(2, 0, 1).float().contiguous().expand(3, -1, -1)
     if mask:
         x = mask_annotations(x)
     h, w = x.shape[1:]

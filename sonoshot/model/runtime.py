@@ -60,7 +60,8 @@ def native_bf16(device: str = "cpu") -> bool:
     """Whether ``device`` computes bf16 natively (CPU: AVX512-BF16 or AMX tiles)."""
     if torch.device(device).type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch's CPU probes
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
 def resolve_precision(precision: str, device: str = "cpu") -> str:
