@@ -81,11 +81,12 @@ def frames_of(files: list[Path], frames_per_cine: int) -> Iterator[np.ndarray]:
         yield from dataset_frames(pydicom.dcmread(path), frames_per_cine).frames
 
 
-def full_path(backbone: Backbone, files: list[Path], frames_per_cine: int, views: int
-              ) -> tuple[int, float]:
+def full_path(backbone: Backbone, files: list[Path], frames_per_cine: int, views: int,
+              overlap: bool | None = None) -> tuple[int, float]:
     """Images and seconds of the detector's whole path over ``files``."""
     start = time.perf_counter()
-    emb, _patches = embed_frames(backbone, frames_of(files, frames_per_cine), n_views=views)
+    emb, _patches = embed_frames(backbone, frames_of(files, frames_per_cine), n_views=views,
+                                 overlap=overlap)
     return len(emb), time.perf_counter() - start
 
 
@@ -100,7 +101,7 @@ def bare(backbone: Backbone, images: int, views: int = 1) -> float:
 
 
 def paired_runs(backbone: Backbone, files: list[Path], frames_per_cine: int, views: int,
-                rounds: int) -> tuple[int, float, float, list[float]]:
+                rounds: int, overlap: bool | None = None) -> tuple[int, float, float, list[float]]:
     """``rounds`` alternations of one full-path pass and bare forwards of as many images, so
     that load drift on a shared machine hits both; returns images per pass, total full and
     bare seconds, and each round's ratio."""
@@ -108,7 +109,7 @@ def paired_runs(backbone: Backbone, files: list[Path], frames_per_cine: int, vie
     ratios = []
     count = 0
     for _ in range(rounds):
-        count, full = full_path(backbone, files, frames_per_cine, views)
+        count, full = full_path(backbone, files, frames_per_cine, views, overlap)
         plain = bare(backbone, count, views)
         full_s, bare_s = full_s + full, bare_s + plain
         ratios.append(plain / full)
@@ -161,10 +162,13 @@ def main() -> None:
     parser.add_argument("--precisions", default="auto,fp32",
                         help="precisions of the throughput table")
     parser.add_argument("--backbones", default="efficientnet-lite0,vit-b-16-random")
+    parser.add_argument("--overlap", choices=("auto", "on", "off"), default="auto",
+                        help="preparation beside the forward (auto: when two torch teams fit)")
     parser.add_argument("--tables", default="throughput,precision",
                         help="which tables: throughput (1.), precision (2.)")
     args = parser.parse_args()
     threads = apply_threads(args.threads)
+    overlap = {"auto": None, "on": True, "off": False}[args.overlap]
     files = []
     for path in sorted(args.dicom.iterdir()):
         try:
@@ -176,7 +180,8 @@ def main() -> None:
     names = args.backbones.split(",")
     lines = ["## Detector", "",
              f"CPU: {threads} torch threads of {usable_cores()} cores, preparation beside the "
-             f"forward: {overlap_possible()}, torch {torch.__version__}; {len(files)} DICOM "
+             f"forward: {overlap_possible() if overlap is None else overlap}, torch "
+             f"{torch.__version__}; {len(files)} DICOM "
              f"files ({args.repeat} passes over the decodable shared files), "
              f"{args.frames_per_cine} frames per cine.", "",
              "| backbone | precision | micro-batch | views per image | full path "
@@ -190,7 +195,7 @@ def main() -> None:
             bare(backbone, 2 * backbone.batch_size)  # warm-up
             for views in (1, N_VIEWS):
                 count, seconds, bare_s, ratios = paired_runs(
-                    backbone, files, args.frames_per_cine, views, args.rounds)
+                    backbone, files, args.frames_per_cine, views, args.rounds, overlap)
                 total = count * args.rounds
                 lines.append(f"| {name} | {backbone.precision} | {backbone.batch_size} | {views} "
                              f"| {total / seconds:.1f} | {total / bare_s:.1f} | "
