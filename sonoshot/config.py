@@ -104,7 +104,7 @@ class DeidConfig:
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    bundle: str = ""  # detector bundle folder from `sonoshot fit`; empty: zero-shot or hold studies
+    bundle: str = ""  # detector bundle folder from `sonoshot fit`; "demo": the built-in demo; empty: zero-shot or hold studies
     backbone: str = "auto"  # auto: biomedclip when its files are present, else efficientnet-lite0
     biomedclip_path: str = ""  # local folder with BiomedCLIP's files (empty: Hugging Face cache)
     frames_per_cine: int = 4  # frames sampled evenly from each multi-frame instance
@@ -116,6 +116,13 @@ class DetectorConfig:
     mask_annotations: bool = True  # fill burned-in text, callipers and colour overlays before embedding
     min_shots: int = 1  # fewest examples per given class that `sonoshot fit` accepts
     prompt_organs: tuple[str, ...] = ()  # organ prompt sets beside the general one; empty: all organs
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    not_analysed: bool = True  # send a "not analysed" SR when a study ends out of scope, quarantined or failed
+    key_image: bool = True  # send a Secondary Capture key image (map, regions, score) with each scored SR
+    max_regions: int = 3  # anomalous regions per flagged frame in the SR and key image (largest first); 0: none
 
 
 @dataclass(frozen=True)
@@ -221,6 +228,7 @@ class Config:
     completion: CompletionConfig = field(default_factory=CompletionConfig)
     deid: DeidConfig = field(default_factory=DeidConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
@@ -260,6 +268,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "validation.psi_alert": (0.0, 100.0),
     "validation.image_shift_alert": (0.0, 100.0),
     "validation.quarantine_alert": (0.0, 1.0),
+    "report.max_regions": (0, 20),
 }
 
 

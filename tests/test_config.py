@@ -91,3 +91,14 @@ def test_serve_refuses_to_start_without_a_key(tmp_path):
 def test_unreadable_config_file_is_named(tmp_path, capsys):
     assert main(["--config", str(tmp_path / "nope.toml"), "serve"]) == 2
     assert "nope.toml" in capsys.readouterr().err
+
+
+def test_make_serve_passes_the_demo_configuration():
+    """`make serve` runs with deploy/demo.toml: valid, and naming the built-in demo detector."""
+    makefile = (REPO / "Makefile").read_text()
+    assert "SERVE_CONFIG ?= deploy/demo.toml" in makefile
+    assert "sonoshot --config $(SERVE_CONFIG) serve" in makefile
+    with open(REPO / "deploy" / "demo.toml", "rb") as f:
+        config = parse_config(tomllib.load(f))
+    assert config.detector.bundle == "demo"
+    assert config.report.key_image and config.report.not_analysed

@@ -206,6 +206,67 @@ def test_a_result_without_destinations_is_recorded(store):
     assert _events(store, "delivery", study) == ["no-destination"]
 
 
+def _not_analysed(study: str) -> NewResult:
+    return NewResult(score=None, verdict=None, threshold=None, bundle_sha256="ab" * 32, backbone="efficientnet-lite0",
+                     images_scored=0, images_quarantined=1, sr_sop_instance_uid=f"{study}.98",
+                     sr_path=f"{study}/na.dcm", predecessor_sr_uid=None, timings={"report": 0.1},
+                     kind="not-analysed", reason="pixels-unclean")
+
+
+def test_not_analysed_result_keeps_the_state_and_a_reload_requeues(store, tmp_path):
+    spool = tmp_path / "spool"
+    kept, purged = _uid(), _uid()
+    for study in (kept, purged):
+        _complete(store, study)
+        claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
+        ref = store.add_result(claimed, _not_analysed(claimed.study_instance_uid), ["pacs"],
+                               StudyState.QUARANTINED, "1 instance(s), none could be de-identified safely")
+        assert ref is not None and ref.kind == "not-analysed" and ref.paths == [ref.sr_path]
+    assert store.study(kept).state is StudyState.QUARANTINED
+    with store.read_session() as s:
+        row = s.execute(text("SELECT kind, reason, score, verdict, threshold FROM results WHERE sr_path = :p"),
+                        {"p": f"{kept}/na.dcm"}).one()
+    assert tuple(row) == ("not-analysed", "pixels-unclean", None, None, None)
+    assert _events(store, "study", kept)[-1] == "quarantined"
+    for item in store.due_deliveries("pacs"):
+        assert store.record_attempt(item, True, "0x0000", None, None) is OutboxState.DELIVERED
+    assert store.study(kept).state is StudyState.QUARANTINED  # delivered, still not analysed
+    (spool / store.instances_of(store.study(kept))[0].path).parent.mkdir(parents=True)
+    (spool / store.instances_of(store.study(kept))[0].path).write_bytes(b"DICM")
+    store.recover_after_restart(spool)  # the other study's files are gone: flagged missing
+    assert store.requeue_for_reload(StudyState.OUT_OF_SCOPE) == 0
+    assert store.requeue_for_reload(StudyState.QUARANTINED) == 1
+    assert store.study(kept).state is StudyState.COMPLETE and store.study(purged).state is StudyState.QUARANTINED
+    assert _events(store, "study", kept)[-1] == "requeued"
+    claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
+    scored = replace(_result(kept, 1), key_image_sop_instance_uid=f"{kept}.97", key_image_path=f"{kept}/ki.dcm",
+                     predecessor_sr_uid=f"{kept}.98")
+    ref = store.add_result(claimed, scored, ["pacs"])
+    assert ref.paths == [f"{kept}/sr1.dcm", f"{kept}/ki.dcm"] and store.study(kept).state is StudyState.REPORTED
+    assert store.latest_result(store.study(kept)).kind == "scored"
+
+
+def test_migration_0003_keeps_earlier_results_scored(store, tmp_path):
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from sonoshot.db.store import MIGRATIONS
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    study = _uid()
+    _complete(store, study)
+    claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
+    store.add_result(claimed, _result(study, 1), [])
+    with store.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0002")
+    assert "kind" not in {c["name"] for c in inspect(store.engine).get_columns("results")}
+    store.migrate()
+    with store.read_session() as s:
+        assert s.execute(text("SELECT kind, score FROM results")).one() == ("scored", 0.8)
+
+
 def test_recover_after_restart(store, tmp_path):
     spool = tmp_path / "spool"
     (spool / "kept").mkdir(parents=True)

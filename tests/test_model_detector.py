@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sonoshot.config import DetectorConfig
-from sonoshot.model import (DetectorError, ImageScore, create_backbone, fit_detector,
+from sonoshot.model import (Detector, DetectorError, ImageScore, create_backbone, fit_detector,
                             load_bundle, load_detector, save_bundle)
 from sonoshot.model.backbones import Backbone, mask_annotations
 from sonoshot.model.evaluate import read_manifest
@@ -55,9 +55,13 @@ def test_regression_scores(fitted, busi_split: dict[str, list[Path]]) -> None:
 
 def test_bundle_round_trip_and_backbone_check(fitted, backbone: Backbone, tmp_path: Path,
                                               busi_split: dict[str, list[Path]]) -> None:
-    digest = save_bundle(fitted, tmp_path / "b")
+    scoped = Detector(fitted.backbone, fitted.state, CONFIG, fitted.provenance,
+                      {"BodyPartExamined": ("BREAST",)}, "fitted in a test")
+    digest = save_bundle(scoped, tmp_path / "b")
     meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
     assert meta["format_version"] == 2 and meta["backbone"]["sha256"] == backbone.sha256
+    assert meta["scope"] == {"BodyPartExamined": ["BREAST"]}
+    assert meta["description"] == "fitted in a test"
     assert [s["sha256"] for s in meta["support"]] == [
         read_input(p, 1).sha256 for p in busi_split["normal"] + busi_split["abnormal"]]
     assert meta["metrics"]["support_accuracy"] == 1.0 and meta["mode"] == "labelled"
@@ -66,8 +70,24 @@ def test_bundle_round_trip_and_backbone_check(fitted, backbone: Backbone, tmp_pa
     assert loaded is not None and loaded.bundle_sha256 == digest and loaded.threshold == 0.7
     assert loaded.state.bank is not None and np.array_equal(loaded.state.bank.patches,
                                                             fitted.state.bank.patches)
+    assert loaded.scope == {"BodyPartExamined": ("BREAST",)}
+    assert loaded.description == "fitted in a test"
+    assert loaded.state.map_threshold == pytest.approx(fitted.state.map_threshold)
     frames = [read_input(p, 1).frames[0] for p in busi_split["query"]]
     np.testing.assert_allclose(loaded.score_frames(frames), fitted.score_frames(frames), rtol=1e-6)
+    query = read_input(busi_split["query"][3], 1)
+    (ours,), (theirs,) = fitted.score_image(query).maps, loaded.score_image(query).maps
+    np.testing.assert_allclose(ours.anomaly, theirs.anomaly, rtol=1e-5, atol=1e-5)
+
+    old = {k: v for k, v in meta.items() if k not in ("scope", "description", "map_threshold")}
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps(old))  # format 2 before scopes
+    before = load_bundle(tmp_path / "b", backbone, CONFIG)
+    assert before.scope == {} and before.description == ""
+    assert before.map_threshold == pytest.approx(fitted.map_threshold)
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps({**meta, "scope": {"Bad": ["X"]}}))
+    with pytest.raises(DetectorError, match="bad scope"):
+        load_bundle(tmp_path / "b", backbone, CONFIG)
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps(meta))
 
     class OtherWeights(type(backbone)):  # the same network, other weights on disk
         def __init__(self) -> None:
@@ -91,6 +111,9 @@ def test_score_dicom_cine_and_study_aggregation(fitted) -> None:
     scores = fitted.score_dataset(ds)
     assert scores[0].sop_instance_uid == ds.SOPInstanceUID and scores[0].frames == (0, 10, 19, 29)
     assert 0.0 <= scores[0].score <= 1.0
+    assert [m.frame for m in scores[0].maps] == [0, 10, 19, 29]
+    assert all(m.anomaly.shape == (ds.Rows, ds.Columns) for m in scores[0].maps)
+    assert scores[0].score == max(m.score for m in scores[0].maps)
     images = [ImageScore("a", (0,), 0.9), ImageScore("b", (0,), 0.5), ImageScore("c", (0,), 0.1),
               ImageScore("d", (0,), 0.3)]
     expected = {"max": 0.9, "top3-mean": (0.9 + 0.5 + 0.3) / 3, "mean": 0.45}

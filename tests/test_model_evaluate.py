@@ -99,9 +99,15 @@ def test_fit_command_and_its_errors(busi: Path, tmp_path: Path,
     abnormal = _link(busi, [e.file for e in examples if e.label == 1][:2], tmp_path / "a")
     out = tmp_path / "bundle"
     assert main(["fit", "--normal", str(normal), "--abnormal", str(abnormal), "--backbone",
-                 "efficientnet-lite0", "--out", str(out)]) == 0
+                 "efficientnet-lite0", "--scope", "BodyPartExamined=BREAST,AXILLA",
+                 "--scope", "Modality=US", "--out", str(out)]) == 0
     meta = json.loads((out / "bundle.json").read_text())
     assert meta["mode"] == "labelled" and len(meta["support"]) == 4
+    assert meta["scope"] == {"BodyPartExamined": ["BREAST", "AXILLA"], "Modality": ["US"]}
+    assert "scope BodyPartExamined=BREAST,AXILLA; Modality=US" in capsys.readouterr().out
+    assert main(["fit", "--normal", str(normal), "--scope", "BodyPart=BREAST", "--out",
+                 str(tmp_path / "w")]) == 2
+    assert "'BodyPart' is not a DICOM keyword" in capsys.readouterr().err
 
     assert main(["fit", "--normal", str(normal), "--backbone", "resnet", "--out",
                  str(tmp_path / "x")]) == 1

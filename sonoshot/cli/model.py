@@ -59,20 +59,29 @@ def _detector_config(ctx: click.Context, backbone: str | None, precision: str | 
               help="Folder of abnormal examples; omit for a normal-only detector.")
 @click.option("--backbone", default=None, help="auto, biomedclip or efficientnet-lite0.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Training seed.")
+@click.option("--scope", "scope_specs", multiple=True, metavar="KEYWORD=VALUE[,VALUE]",
+              help="What the detector is for, e.g. BodyPartExamined=BREAST (repeatable); "
+                   "instances outside it are not scored. Default: any.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Bundle folder to write.")
 @_compute_options
 @click.pass_context
 def fit(ctx: click.Context, normal_dir: Path, abnormal_dir: Path | None, backbone: str | None,
-        seed: int, out: Path, precision: str | None, threads: int | None) -> None:
+        seed: int, scope_specs: tuple[str, ...], out: Path, precision: str | None,
+        threads: int | None) -> None:
     """Fit a few-shot detector bundle from example folders (it records the precision it was
     fitted at)."""
     from tqdm import tqdm
 
-    from sonoshot.model import BackboneError, DetectorError, create_backbone, fit_detector, save_bundle
+    from sonoshot.model import (BackboneError, DetectorError, ScopeError, create_backbone,
+                                fit_detector, parse_scope, save_bundle)
     from sonoshot.model.inputs import InputError, list_inputs, read_input
 
     config = _detector_config(ctx, backbone, precision, threads)
+    try:
+        scope = parse_scope(scope_specs)
+    except ScopeError as exc:
+        raise click.BadParameter(str(exc), param_hint="--scope") from exc
     try:
         files = {"normal": list_inputs(normal_dir),
                  "abnormal": list_inputs(abnormal_dir) if abnormal_dir else []}
@@ -80,12 +89,14 @@ def fit(ctx: click.Context, normal_dir: Path, abnormal_dir: Path | None, backbon
                           for f in tqdm(paths, desc=f"reading {label}", unit="file")]
                   for label, paths in files.items()}
         model = create_backbone(config)
-        detector = fit_detector(model, images["normal"], images["abnormal"], config, seed)
+        detector = fit_detector(model, images["normal"], images["abnormal"], config, seed,
+                                scope=scope)
         digest = save_bundle(detector, out)
     except (InputError, DetectorError, BackboneError) as exc:
         raise click.ClickException(str(exc)) from exc
+    scope_text = "; ".join(f"{k}={','.join(v)}" for k, v in scope.items()) or "any"
     click.echo(f"wrote {out} ({detector.state.mode}, backbone {model.name} at {model.precision}, "
-               f"threshold {detector.threshold:.3f}, sha256 {digest[:12]})")
+               f"threshold {detector.threshold:.3f}, scope {scope_text}, sha256 {digest[:12]})")
 
 
 @click.command(name="eval")

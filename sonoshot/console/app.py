@@ -5,8 +5,9 @@ The console's pages. Every page needs a login; what a role may do is
 :data:`sonoshot.console.auth.PERMISSIONS`. Every form carries a CSRF token (Flask-WTF's
 ``CSRFProtect`` refuses a POST without a valid one), every action (login, logout, feedback,
 resend, export, a study opened) and every refusal is an audit event ``kind = console`` with
-the user, role and client address. Pages show database contents only; the key image is drawn
-from the study's de-identified working copy (verified by the de-identifier, OCR included).
+the user, role and client address. Pages show database contents only; the key image is the
+pixels of the study's latest Secondary Capture key image (drawn from the de-identified frame the
+detector scored; its header, which carries the patient's identity for the PACS, is not shown).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from flask import Flask, Response, abort, flash, g, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from PIL import Image
@@ -34,10 +34,8 @@ from sonoshot.db.lifecycle import StudyState
 from sonoshot.db.models import utcnow
 from sonoshot.db.store import Store
 from sonoshot.db.validation import UnknownStudy, feedback_of, labelled_results, observations, scanners
-from sonoshot.dicom_io.deid.keys import keyed_uid
-from sonoshot.dicom_io.pixels import UndecodableError
+from sonoshot.dicom_io.pixels import UndecodableError, iter_frames
 from sonoshot.dicom_io.spool import Spool
-from sonoshot.model.inputs import dataset_frames
 from sonoshot.console.auth import allowed, hash_password, needs_rehash, verify_password
 from sonoshot.validation import plots
 from sonoshot.validation.drift import drift_report, load_reference
@@ -213,7 +211,7 @@ def create_app(ctx: ConsoleContext) -> Flask:
         if path is None:
             abort(404)
         try:
-            png = _render(path, ctx.config.detector.frames_per_cine)
+            png = _render(path)
         except (UndecodableError, OSError, ValueError):
             abort(404)
         return Response(png, mimetype="image/png")
@@ -316,20 +314,17 @@ def create_app(ctx: ConsoleContext) -> Flask:
 
 
 def _key_image_path(ctx: ConsoleContext, detail: views.StudyDetail) -> Path | None:
-    """The de-identified working copy of the study's highest-scoring instance, if still kept."""
-    scored = [o for o in detail.observations if o.score is not None]
-    if not scored:
-        return None
-    name = f"{keyed_uid(ctx.key, scored[0].sop_instance_uid)}.dcm"
-    path = Path(ctx.config.storage.work_dir) / detail.study_instance_uid / f"g{detail.generation}" / name
-    return path if path.is_file() else None
+    """The key image of the study's latest result that has one, while the spool keeps it."""
+    for result in detail.results:  # newest first
+        if result.key_image_path:
+            path = ctx.spool.path(result.key_image_path)
+            return path if path.is_file() else None
+    return None
 
 
-def _render(path: Path, frames_per_cine: int) -> bytes:
-    """The first scored frame of a de-identified instance as a PNG, at most 512 pixels a side."""
-    frame = dataset_frames(dcmread(path), frames_per_cine).frames[0]
-    if frame.dtype != np.uint8:
-        frame = (frame.astype(np.float64) * 255.0 / max(float(frame.max()), 1.0)).astype(np.uint8)
+def _render(path: Path) -> bytes:
+    """The key image's pixels as a PNG, at most :data:`KEY_IMAGE_SIDE` pixels a side."""
+    (frame,) = iter_frames(dcmread(path), [0])
     image = Image.fromarray(frame)
     image.thumbnail((KEY_IMAGE_SIDE, KEY_IMAGE_SIDE))
     buffer = io.BytesIO()

@@ -1,13 +1,14 @@
 """delivery.py
 ===========
 
-The outbox: each destination has its own scheduled job that sends its due SRs, so a PACS
-that is down or slow never holds up another. Failures back off exponentially up to a cap;
-after ``max_attempts`` (or a permanent refusal) a delivery becomes ``dead-letter`` until
-``sonoshot resend`` puts it back. The SR's SOP Instance UID is deterministic, so a send
-repeated after a crash files no duplicate in the PACS. A destination in shadow mode
-(``delivery.mode``) sends nothing: its due rows are held until ``sonoshot release``
-(:mod:`sonoshot.db.outbox`).
+The outbox: each destination has its own scheduled job that sends its due results, so a PACS
+that is down or slow never holds up another. A result is its SR and, for a scored study, its
+key image: both go over one association and the delivery succeeds only when both were stored.
+Failures back off exponentially up to a cap; after ``max_attempts`` (or a permanent refusal) a
+delivery becomes ``dead-letter`` until ``sonoshot resend`` puts it back. Every SOP Instance UID
+is deterministic, so a send repeated after a crash (or after half of a result got through)
+files no duplicate in the PACS. A destination in shadow mode (``delivery.mode``) sends nothing:
+its due rows are held until ``sonoshot release`` (:mod:`sonoshot.db.outbox`).
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ def backoff_s(attempts: int, delivery: DeliveryConfig) -> float:
 
 def deliver_due(destination: Destination, store: Store, spool: Spool, delivery: DeliveryConfig,
                 calling_ae_title: str, on_failure: Callable[[str], None] | None = None) -> int:
-    """Send every due SR for ``destination`` (hold them in shadow mode); returns how many were delivered."""
+    """Send every due result (SR and key image) for ``destination``, or hold them in shadow mode;
+    returns how many were delivered."""
     if delivery.mode_of(destination) == "shadow":
         held = hold_pending(store, destination.name)
         if held:
-            log.info("shadow mode: %d SR(s) for %s held, not sent", held, destination.name)
+            log.info("shadow mode: %d result(s) for %s held, not sent", held, destination.name)
         return 0
     delivered = 0
     for item in store.due_deliveries(destination.name):
@@ -52,10 +54,10 @@ def deliver_due(destination: Destination, store: Store, spool: Spool, delivery: 
 def _attempt(item: DeliveryRef, destination: Destination, store: Store, spool: Spool, delivery: DeliveryConfig,
              calling_ae_title: str) -> OutboxState:
     attempt = item.attempts + 1
-    path = spool.path(item.result.sr_path)
-    if not path.is_file():
-        return store.record_attempt(item, False, "no-file", "the SR file is missing from the spool", None)
-    outcome = send_datasets(destination, [dcmread(path)], calling_ae_title)
+    paths = [spool.path(p) for p in item.result.paths]
+    if not all(p.is_file() for p in paths):
+        return store.record_attempt(item, False, "no-file", "a report file is missing from the spool", None)
+    outcome = send_datasets(destination, [dcmread(p) for p in paths], calling_ae_title)
     status = ",".join("none" if s.status is None else f"0x{s.status:04X}" for s in outcome.statuses) or "none"
     if outcome.delivered:
         log.info("SR %s delivered to %s (attempt %d)", item.result.sr_sop_instance_uid, destination.name, attempt)

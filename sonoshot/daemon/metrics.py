@@ -24,13 +24,14 @@ from prometheus_client.registry import Collector
 
 from sonoshot.db import queries
 from sonoshot.db.store import Store
+from sonoshot.dicom_io.not_analysed import NotAnalysedReason
 
 log = logging.getLogger(__name__)
 
 #: ``outcome`` label values of ``sonoshot_instances_received_total``.
 INSTANCE_OUTCOMES = ("stored", "duplicate", "refused")
 #: ``stage`` label values of ``sonoshot_stage_duration_seconds``.
-STAGES = ("deidentify", "detect", "report", "deliver")
+STAGES = ("deidentify", "detect", "regions", "report", "key-image", "deliver")
 #: Histogram buckets in seconds: from a fast SR build to a slow PACS or a long cine study on CPU.
 STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
@@ -43,7 +44,8 @@ def _check_label(name: str, value: str, allowed: Iterable[str]) -> str:
 
 
 class DatabaseCollector(Collector):
-    """Study counts by state, queue depths and open associations, queried at each scrape.
+    """Study counts by state, queue depths, open associations and "not analysed" results by
+    reason, queried at each scrape.
 
     When the database cannot be read, only ``sonoshot_database_up 0`` is exported (the
     failure is logged), so a scrape never fails because of it.
@@ -59,17 +61,20 @@ class DatabaseCollector(Collector):
             GaugeMetricFamily("sonoshot_queue_depth", "Work waiting: studies per queue state, outbox rows pending.",
                               labels=["queue"]),
             GaugeMetricFamily("sonoshot_open_associations", "DICOM associations accepted and not yet ended."),
+            GaugeMetricFamily("sonoshot_not_analysed_results", '"Not analysed" reports recorded, by the study\'s '
+                              "reason.", labels=["reason"]),
         )
 
     def describe(self) -> Iterator[Metric]:
         yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
-        up, studies, queues, associations = self._families()
+        up, studies, queues, associations, not_analysed = self._families()
         try:
             by_state = queries.studies_by_state(self.store)
             depths = queries.queue_depths(self.store)
             open_count = queries.open_associations(self.store)
+            by_reason = queries.not_analysed_by_reason(self.store)
         except Exception as exc:  # any driver error: report the database as down, keep the scrape
             log.warning("metrics: database unavailable (%s)", type(exc).__name__)
             up.add_metric([], 0)
@@ -81,7 +86,9 @@ class DatabaseCollector(Collector):
         for queue, count in depths.items():
             queues.add_metric([queue], count)
         associations.add_metric([], open_count)
-        yield from (up, studies, queues, associations)
+        for reason in NotAnalysedReason:
+            not_analysed.add_metric([reason.value], by_reason.get(reason.value, 0))
+        yield from (up, studies, queues, associations, not_analysed)
 
 
 class DiskCollector(Collector):

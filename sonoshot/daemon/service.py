@@ -24,8 +24,9 @@ from sonoshot.daemon.delivery import deliver_due
 from sonoshot.daemon.metrics import Metrics
 from sonoshot.daemon.watch import DriftCollector, DriftWatch
 from sonoshot.daemon.worker import DetectorSlot, StudyWorker
+from sonoshot.db.lifecycle import StudyState
 from sonoshot.db.store import Store
-from sonoshot.dicom_io.deid import DeidKeyError, load_key, ocr, patient_pseudonym
+from sonoshot.dicom_io.deid import DeidKeyError, DeidPolicy, load_key, ocr, patient_pseudonym
 from sonoshot.dicom_io.receive import Receiver, start_scp
 from sonoshot.dicom_io.spool import Spool
 from sonoshot.logs import configure_logging
@@ -125,8 +126,9 @@ class Service:
         detector = self.detectors.get()
         if detector is None:
             return None
+        about = f" ({detector.description})" if detector.description else ""
         return (f"{detector.backbone_name} {detector.precision} "
-                f"{(detector.bundle_sha256 or 'zero-shot')[:12]}")
+                f"{(detector.bundle_sha256 or 'zero-shot')[:12]}{about}")
 
     def load_detector(self) -> None:
         """(Re)load the detector from config; held studies are requeued once one is available."""
@@ -139,14 +141,27 @@ class Service:
                 log.info("%d studies awaiting a detector requeued", requeued)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config file's routing rules, delivery modes and detector bundle."""
+        """SIGHUP: re-read the config file's routing rules, delivery modes, report settings and detector
+        bundle.
+
+        Studies that a changed setting might now decide differently are processed again:
+        ``quarantined`` ones when the de-identification settings changed, ``out-of-scope`` ones
+        when the detector settings changed (their next result supersedes the "not analysed" one).
+        """
         try:
             fresh = load_config(self.config_path) if self.config_path else self.config
-            self.config = fresh
+            previous, self.config = self.config, fresh
             for worker in self.workers:
                 worker.config = fresh
+                worker.policy = DeidPolicy.from_config(fresh.deid)
             self.schedule_deliveries(fresh)  # delivery.mode: shadow <-> send without a restart
             self.load_detector()
+            requeue = [(StudyState.QUARANTINED, fresh.deid != previous.deid),
+                       (StudyState.OUT_OF_SCOPE, fresh.detector != previous.detector)]
+            for state, changed in requeue:
+                count = self.store.requeue_for_reload(state) if changed else 0
+                if count:
+                    log.info("%d %s studies requeued after the reload", count, state.value)
             self.store.record_event("service", "reloaded")
         except Exception as exc:  # a bad reload keeps the running configuration
             log.error("reload failed, keeping the running configuration: %s", exc)

@@ -33,13 +33,16 @@ class ResultRow:
     id: int
     generation: int
     created_at: datetime
-    score: float
-    verdict: str
-    threshold: float
+    kind: str  # scored or not-analysed
+    reason: str | None  # why nothing was analysed (a coded, PHI-free reason)
+    score: float | None  # None for a "not analysed" report
+    verdict: str | None
+    threshold: float | None
     bundle_sha256: str
     images_scored: int
     images_quarantined: int
     sr_sop_instance_uid: str
+    key_image_path: str | None  # the key image's spool-relative path, when the result has one
     deliveries: tuple[tuple[str, str, int, str | None], ...]  # destination, state, attempts, last error
 
 
@@ -106,9 +109,10 @@ def study_detail(store: Store, study_instance_uid: str) -> StudyDetail | None:
             deliveries = tuple((d.destination, d.state, d.attempts, d.last_error) for d in
                                s.scalars(select(Delivery).where(Delivery.result_id == result.id)
                                          .order_by(Delivery.destination)))
-            results.append(ResultRow(result.id, result.generation, result.created_at, result.score, result.verdict,
-                                     result.threshold, result.bundle_sha256, result.images_scored,
-                                     result.images_quarantined, result.sr_sop_instance_uid, deliveries))
+            results.append(ResultRow(result.id, result.generation, result.created_at, result.kind, result.reason,
+                                     result.score, result.verdict, result.threshold, result.bundle_sha256,
+                                     result.images_scored, result.images_quarantined, result.sr_sop_instance_uid,
+                                     result.key_image_path, deliveries))
         observed = [ObservedInstance(o.sop_instance_uid, o.scanner_id, _describe(scanner), o.body_part,
                                      o.quarantined, o.reason, o.score, o.rows, o.columns, o.brightness)
                     for o, scanner in s.execute(select(Observation, Scanner).join(Scanner)

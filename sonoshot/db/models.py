@@ -124,16 +124,19 @@ class Event(Base):
 
 
 class Result(Base):
-    """One detector result for one generation of a study, and the SR that carries it."""
+    """One result for one generation of a study, and the documents that carry it: a scored SR
+    (and its key image), or a "not analysed" SR (no score; the study's coded reason)."""
 
     __tablename__ = "results"
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     generation: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    score: Mapped[float] = mapped_column(Float)
-    verdict: Mapped[str] = mapped_column(String(16))
-    threshold: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(16), index=True, server_default="scored")  # scored, not-analysed
+    reason: Mapped[str | None] = mapped_column(String(16))  # not-analysed: the study's reason code
+    score: Mapped[float | None] = mapped_column(Float)  # None when not analysed
+    verdict: Mapped[str | None] = mapped_column(String(16))
+    threshold: Mapped[float | None] = mapped_column(Float)
     bundle_sha256: Mapped[str] = mapped_column(String(64))
     backbone: Mapped[str] = mapped_column(String(64))
     images_scored: Mapped[int] = mapped_column(Integer)
@@ -141,6 +144,8 @@ class Result(Base):
     sr_sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     sr_path: Mapped[str] = mapped_column(String(300))  # relative to the spool folder
     predecessor_sr_uid: Mapped[str | None] = mapped_column(UID)
+    key_image_sop_instance_uid: Mapped[str | None] = mapped_column(UID)  # sent with the SR, when there is one
+    key_image_path: Mapped[str | None] = mapped_column(String(300))  # relative to the spool folder
     timings: Mapped[dict] = mapped_column(JSON)  # seconds per stage
 
     study: Mapped[Study] = relationship(back_populates="results")

@@ -71,11 +71,13 @@ class InstanceRef:
 
 @dataclass(frozen=True)
 class NewResult:
-    """A detector result ready for the outbox: the SR is already written to ``sr_path``."""
+    """A result ready for the outbox: its documents are already written to ``sr_path`` (and
+    ``key_image_path``). ``kind`` is ``scored``, or ``not-analysed`` with no score, verdict or
+    threshold and the study's coded ``reason``."""
 
-    score: float
-    verdict: str
-    threshold: float
+    score: float | None
+    verdict: str | None
+    threshold: float | None
     bundle_sha256: str
     backbone: str
     images_scored: int
@@ -84,6 +86,10 @@ class NewResult:
     sr_path: str
     predecessor_sr_uid: str | None
     timings: dict[str, float]
+    kind: str = "scored"
+    reason: str | None = None
+    key_image_sop_instance_uid: str | None = None
+    key_image_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,13 @@ class ResultRef:
     generation: int
     sr_sop_instance_uid: str
     sr_path: str
+    kind: str = "scored"
+    key_image_path: str | None = None
+
+    @property
+    def paths(self) -> list[str]:
+        """The spool-relative files the outbox sends for this result, the SR first."""
+        return [self.sr_path] + ([self.key_image_path] if self.key_image_path else [])
 
 
 @dataclass(frozen=True)
@@ -104,7 +117,8 @@ class DeliveryRef:
 
 
 def _result_ref(row: Result) -> ResultRef:
-    return ResultRef(row.id, row.study.study_instance_uid, row.generation, row.sr_sop_instance_uid, row.sr_path)
+    return ResultRef(row.id, row.study.study_instance_uid, row.generation, row.sr_sop_instance_uid, row.sr_path,
+                     row.kind, row.key_image_path)
 
 
 def _study_ref(study: Study) -> StudyRef:
@@ -369,20 +383,26 @@ class Store:
             row = s.scalar(select(Result).where(Result.study_id == study.id).order_by(Result.id.desc()).limit(1))
             return None if row is None else _result_ref(row)
 
-    def add_result(self, study: StudyRef, new: NewResult, destinations: list[str]) -> ResultRef | None:
-        """Store a result, queue it for each destination and move the study to ``reported``.
+    def add_result(self, study: StudyRef, new: NewResult, destinations: list[str],
+                   to_state: StudyState = StudyState.REPORTED, detail: str | None = None) -> ResultRef | None:
+        """Store a result, queue it for each destination and move the study to ``to_state``
+        (``reported`` for a scored result; ``out-of-scope``, ``quarantined`` or ``failed`` for a
+        "not analysed" one, with ``detail`` as the study's reason).
 
         All or nothing, and only if the study is still in the state and generation the worker
         claimed; returns None when a late instance reopened it meanwhile. A result whose SR UID
         exists already (the same study, instances and bundle) is not queued twice.
         """
-        check_move(study.state, StudyState.REPORTED)
+        check_move(study.state, to_state)
         with self.session() as s:
             moved = s.execute(update(Study).where(
                 Study.id == study.id, Study.state == study.state.value, Study.generation == study.generation,
-            ).values(state=StudyState.REPORTED.value, state_changed_at=utcnow(), detail=None)).rowcount
+            ).values(state=to_state.value, state_changed_at=utcnow(), detail=detail)).rowcount
             if not moved:
                 return None
+            if to_state is not StudyState.REPORTED:
+                s.add(Event(kind="study", outcome=to_state.value, study_instance_uid=study.study_instance_uid,
+                            detail={"generation": study.generation, **({"reason": detail} if detail else {})}))
             row = s.scalar(select(Result).where(Result.sr_sop_instance_uid == new.sr_sop_instance_uid))
             if row is None:
                 row = Result(study_id=study.id, generation=study.generation, **vars(new))
@@ -390,10 +410,13 @@ class Store:
                 s.flush()
                 for name in destinations:
                     s.add(Delivery(result_id=row.id, destination=name, state=OutboxState.PENDING.value))
-            s.add(Event(kind="result", outcome=new.verdict, study_instance_uid=study.study_instance_uid,
+            s.add(Event(kind="result", outcome=new.verdict or new.kind, study_instance_uid=study.study_instance_uid,
                         sop_instance_uid=new.sr_sop_instance_uid,
                         detail={"score": new.score, "threshold": new.threshold, "bundle": new.bundle_sha256,
-                                "generation": study.generation, "timings": new.timings}))
+                                "generation": study.generation, "timings": new.timings,
+                                **({"reason": new.reason} if new.reason else {}),
+                                **({"key_image": new.key_image_sop_instance_uid}
+                                   if new.key_image_sop_instance_uid else {})}))
             s.flush()
             if not destinations:
                 s.add(Event(kind="delivery", outcome="no-destination", study_instance_uid=study.study_instance_uid))
@@ -465,6 +488,21 @@ class Store:
                 s.add(Event(kind="delivery", outcome="requeued", study_instance_uid=study.study_instance_uid,
                             detail={"destination": row.destination}))
             return len(rows)
+
+    def requeue_for_reload(self, state: StudyState) -> int:
+        """Send studies that ended in ``state`` (``quarantined`` or ``out-of-scope``) back to
+        ``complete``, those whose received files are still in the spool: a reload changed what
+        decided them. Each gets a ``study/requeued`` audit event."""
+        check_move(state, StudyState.COMPLETE)
+        now = utcnow()
+        live = select(Instance.id).where(Instance.study_id == Study.id, Instance.file_missing.is_(False)).exists()
+        with self.session() as s:
+            studies = list(s.scalars(select(Study).where(Study.state == state.value, live).with_for_update()))
+            for study in studies:
+                study.state, study.state_changed_at = StudyState.COMPLETE.value, now
+                s.add(Event(kind="study", outcome="requeued", study_instance_uid=study.study_instance_uid,
+                            detail={"from": state.value, "why": "reload"}))
+            return len(studies)
 
     def requeue_awaiting_detector(self) -> int:
         """Send studies held for want of a detector back to ``complete`` (a detector is now loaded)."""

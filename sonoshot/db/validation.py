@@ -229,7 +229,8 @@ def _most_common(values: list[str]) -> str:
 
 def labelled_results(store: Store, since: datetime | None = None, until: datetime | None = None
                      ) -> list[LabelledResult]:
-    """Each labelled study's latest result made in ``[since, until)``, with its latest label."""
+    """Each labelled study's latest result made in ``[since, until)``, with its latest label
+    (a study whose latest result is a "not analysed" report has no score to judge)."""
     latest_result = select(func.max(Result.id)).group_by(Result.study_id).scalar_subquery()
     latest_label = select(func.max(Feedback.id)).group_by(Feedback.study_id).scalar_subquery()
     query = (select(Result, Feedback.label, Study.study_instance_uid)
@@ -251,6 +252,8 @@ def labelled_results(store: Store, since: datetime | None = None, until: datetim
             organ.append(body_part)
         out = []
         for result, label, uid in rows:
+            if result.score is None:  # the study's latest result says it was not analysed
+                continue
             scan, organ = seen.get(result.study_id, ([], []))
             out.append(LabelledResult(uid, result.created_at, result.score, result.threshold, result.verdict,
                                       result.bundle_sha256, label, _most_common(scan), _most_common(organ)))

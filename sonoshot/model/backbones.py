@@ -18,7 +18,7 @@ the backbone has a text tower.
   features are the ViT's patch tokens.
 
 Every backbone sees the same preparation (:func:`prepare_image`): burned-in annotations masked,
-resized and letterboxed to a square; then its own normalisation. The forward runs at the
+letterboxed to a square, resized; then its own normalisation. The forward runs at the
 backbone's precision (:mod:`~sonoshot.model.runtime`), in micro-batches of
 :attr:`Backbone.batch_size` frames: on CPU, 4 frames per forward are faster per frame than 16
 (the activations of larger batches leave the caches; measured in docs/benchmarks.md).
@@ -131,8 +131,7 @@ def mask_annotations(image: torch.Tensor) -> torch.Tensor:
 
 def prepare_image(image: np.ndarray, size: int, mask: bool = True) -> torch.Tensor:
     """An RGB or monochrome frame as a ``(3, size, size)`` float tensor in [0, 1]:
-    annotations masked (:func:`mask_annotations`), resized so its longer side is ``size``
-    (antialiased), centred on a black square.
+    annotations masked (:func:`mask_annotations`), letterboxed to a square, resized.
 
     Raises
     ------
@@ -152,11 +151,11 @@ def prepare_image(image: np.ndarray, size: int, mask: bool = True) -> torch.Tens
     if mask:
         x = mask_annotations(x)
     h, w = x.shape[1:]
-    rows, cols = max(1, round(h * size / max(h, w))), max(1, round(w * size / max(h, w)))
-    small = F.interpolate(x.unsqueeze(0) / 255, size=(rows, cols), mode="bilinear",
-                          antialias=True, align_corners=False)[0]
-    top, left = (size - rows) // 2, (size - cols) // 2
-    return F.pad(small, (left, size - cols - left, top, size - rows - top))
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2  # sonoshot.model.maps.unview inverts this
+    square = F.pad(x, (left, side - w - left, top, side - h - top)).unsqueeze(0) / 255
+    return F.interpolate(square, size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False)[0]
 
 
 class Backbone(abc.ABC):

@@ -34,16 +34,19 @@ from sonoshot import __version__
 from sonoshot.config import DetectorConfig
 from sonoshot.model.backbones import Backbone, create_backbone
 from sonoshot.model.head import (FLIP_VIEWS, TTA_VIEWS, HeadConfig, ProjectionHead, prototypes,
-                                 support_embedding, train_head, tta_embedding)
+                                 support_embedding, train_head, tta_embedding, view_geometry)
 from sonoshot.model.inputs import InputImage, dataset_frames
-from sonoshot.model.patches import PatchBank
+from sonoshot.model.maps import FrameMap, place, unview
+from sonoshot.model.patches import PatchBank, image_anomaly
 from sonoshot.model.pipeline import embed_frames
 from sonoshot.model.prompts import class_prompts, ensemble
 from sonoshot.model.runtime import native_bf16
 from sonoshot.validation.imaging import image_stats
+from sonoshot.model.scope import Scope, ScopeDecision, check_scope, validate_scope
 
 FORMAT_VERSION = 2
 DETECTOR_NAME = "sonoshot-fewshot"
+DEMO_BUNDLE = "demo"  # detector.bundle value that names the packaged demo bundle
 Mode = Literal["labelled", "normal-only", "zero-shot"]
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ class ImageScore:
     sop_instance_uid: str
     frames: tuple[int, ...]  # zero-based frame numbers that were scored
     score: float  # abnormality score in [0, 1] (see HeadState)
+    maps: tuple[FrameMap, ...] = ()  # one per scored frame; empty without a patch memory
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ class HeadState:
     # The support's leave-one-out scores and labels (the drift reference, sonoshot.validation)
     # and, from fit_detector, the image statistics of its frames.
     validation: dict[str, list] = field(default_factory=dict)
+    map_threshold: float | None = None  # anomaly-map value of an anomalous pixel; None: none
 
     def project(self, emb: np.ndarray) -> torch.Tensor:
         z = torch.as_tensor(emb, dtype=torch.float32)
@@ -113,17 +118,28 @@ class HeadState:
         sims = z @ torch.as_tensor(protos).T
         return ((sims[:, 1] - sims[:, 0]) / self.temperature).numpy()
 
+    def global_evidence(self, emb: Embeddings) -> np.ndarray:
+        """The standardised global term of each image (zeros without the term)."""
+        if self.protos is None:
+            return np.zeros(len(emb))
+        logit = self.global_logit(self.project(tta_embedding(emb.views, self.views)), self.protos)
+        return logit if self.global_scale is None else _standardise(logit, self.global_scale)
+
+    def evidence_maps(self, emb: Embeddings) -> tuple[np.ndarray, np.ndarray | None]:
+        """Standardised evidence of abnormality per image ``(N,)``, and per patch
+        ``(N, V, P)`` under the scoring views (None without the patch memory): each patch's
+        nearest-normal distance standardised like the patch term, plus the image's global
+        term, so a map is in the same units as the evidence it explains."""
+        total = self.global_evidence(emb)
+        if self.bank is None or emb.patches is None:
+            return total, None
+        distances = self.bank.distances(emb.patches, self.views)
+        maps = _standardise(distances, self.patch_scale) + total[:, None, None]
+        return total + _standardise(image_anomaly(distances), self.patch_scale), maps
+
     def evidence(self, emb: Embeddings) -> np.ndarray:
         """Standardised evidence of abnormality for each image."""
-        total = np.zeros(len(emb))
-        if self.protos is not None:
-            logit = self.global_logit(self.project(tta_embedding(emb.views, self.views)),
-                                      self.protos)
-            total += logit if self.global_scale is None else _standardise(logit,
-                                                                          self.global_scale)
-        if self.bank is not None and emb.patches is not None:
-            total += _standardise(self.bank.anomaly(emb.patches, self.views), self.patch_scale)
-        return total
+        return self.evidence_maps(emb)[0]
 
     def score(self, emb: Embeddings) -> np.ndarray:
         """Abnormality score in [0, 1] (the logistic of :meth:`evidence`) for each image."""
@@ -132,6 +148,11 @@ class HeadState:
 
 def _logistic(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return float(np.log(p / (1 - p)))
 
 
 def _standardise(x: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
@@ -267,6 +288,8 @@ def fit_state(support: Embeddings, labels: np.ndarray, text: np.ndarray | None, 
         metrics["loo_accuracy"] = float(((_logistic(loo) > state.threshold) == labels).mean())
     elif mode == "normal-only":
         state.threshold = float(_logistic(loo).max())
+    if state.bank is not None:
+        state.map_threshold = _logit(state.threshold)
     return state
 
 
@@ -276,19 +299,44 @@ def embed_views(backbone: Backbone, frames: Iterable[np.ndarray], mask: bool = T
     return Embeddings(*embed_frames(backbone, frames, mask, n_views))
 
 
+def _shapes_only(image: InputImage) -> InputImage:
+    """``image`` with zero-strided stand-ins of its frames (their shapes, no pixels): what the
+    maps need after the forward, so a long batch does not keep every decoded frame."""
+    return dataclasses.replace(image, frames=tuple(np.broadcast_to(np.uint8(0), f.shape)
+                                                   for f in image.frames))
+
+
 class Detector:
-    """A fitted (or zero-shot) detector bound to its backbone and provenance."""
+    """A fitted (or zero-shot) detector bound to its backbone and provenance.
+
+    Raises
+    ------
+    sonoshot.model.scope.ScopeError
+        If ``scope`` names no DICOM text attribute or has an empty value.
+    """
 
     name = DETECTOR_NAME
     version = __version__
 
     def __init__(self, backbone: Backbone, state: HeadState, config: DetectorConfig,
-                 provenance: dict | None = None) -> None:
+                 provenance: dict | None = None, scope: Scope | None = None,
+                 description: str = "") -> None:
         self.backbone = backbone
         self.state = state
         self.config = config
         self.provenance = provenance or {}
         self.bundle_sha256 = self.provenance.get("bundle_sha256", "")
+        self.scope: Scope = validate_scope(scope or {})  # keyword -> allowed values; {}: any
+        self.description = description  # shown with results, e.g. the demo bundle's caveat
+
+    def scope_decision(self, header: Dataset) -> ScopeDecision:
+        """Whether an instance lies inside :attr:`scope`, and on what basis
+        (:func:`sonoshot.model.scope.check_scope`)."""
+        return check_scope(self.scope, header)
+
+    def scope_problem(self, header: Dataset) -> str | None:
+        """None when ``header`` is inside :attr:`scope`, else a short PHI-free reason."""
+        return self.scope_decision(header).problem
 
     @property
     def backbone_name(self) -> str:
@@ -308,17 +356,48 @@ class Detector:
         """The study verdict threshold: ``config.threshold`` when set, else the fitted one."""
         return self.config.threshold if self.config.threshold >= 0 else self.state.threshold
 
+    @property
+    def map_threshold(self) -> float:
+        """The anomaly-map value above which a pixel counts as anomalous: the evidence at
+        :attr:`threshold` (a pixel whose evidence alone would flag the image)."""
+        if self.config.threshold >= 0 or self.state.map_threshold is None:
+            return _logit(self.threshold)
+        return self.state.map_threshold
+
+    def analyse_frames(self, frames: Sequence[np.ndarray]
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Abnormality score per frame (test-time augmentation over the state's views) and
+        the per-view patch maps ``(N, V, P)`` (None without a patch memory)."""
+        emb = embed_views(self.backbone, frames, self.config.mask_annotations,
+                          n_views=max(self.state.views) + 1)
+        evidence, maps = self.state.evidence_maps(emb)
+        return _logistic(evidence), maps
+
     def score_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """Abnormality score per frame (test-time augmentation over the state's views)."""
-        return self.state.score(embed_views(self.backbone, frames, self.config.mask_annotations,
-                                            n_views=max(self.state.views) + 1))
+        return self.analyse_frames(frames)[0]
+
+    def frame_maps(self, image: InputImage, scores: np.ndarray, maps: np.ndarray
+                   ) -> tuple[FrameMap, ...]:
+        """Each frame's patch maps ``(V, P)`` as a :class:`FrameMap` on the instance's grid."""
+        geometry = view_geometry(self.backbone.image_size)
+        views = [geometry[v] for v in self.state.views]
+        cells = int(round(maps.shape[-1] ** 0.5))
+        return tuple(
+            FrameMap(index, float(score), place(unview(grids.reshape(len(views), cells, cells),
+                                                       views, frame.shape[:2]),
+                                                image.grid_shape, image.origin),
+                     self.map_threshold)
+            for index, frame, score, grids in zip(image.frame_indices, image.frames, scores, maps))
 
     def score_image(self, image: InputImage) -> ImageScore:
-        """Score one instance or image file: the maximum over its frames."""
+        """Score one instance or image file: the maximum over its frames, with a map per frame
+        when the detector has a patch memory."""
         return self.score_images([image])[0]
 
     def score_images(self, images: Iterable[InputImage]) -> list[ImageScore]:
-        """Score many instances or image files, of one study or of several, in order.
+        """Score many instances or image files, of one study or of several, in order (each:
+        the maximum over its frames, with a map per frame when there is a patch memory).
 
         Their frames share the backbone's micro-batches, so a batch is full however few
         frames each image has; a lazy iterable (decoding as it goes) is read as the batches
@@ -336,18 +415,23 @@ class Detector:
             for image in images:
                 if not image.frames:
                     raise ValueError(f"image {image.name!r} has no frames to score")
-                seen.append(image)
+                seen.append(_shapes_only(image))
                 yield from image.frames
 
         emb = embed_views(self.backbone, frames(), self.config.mask_annotations,
                           n_views=max(self.state.views) + 1)
         if not seen:
             return []
-        scores = self.state.score(emb)
-        ends = np.cumsum([len(image.frames) for image in seen])
-        return [ImageScore(image.name, image.frame_indices,
-                           float(scores[end - len(image.frames):end].max()))
-                for image, end in zip(seen, ends)]
+        evidence, maps = self.state.evidence_maps(emb)
+        scores = _logistic(evidence)
+        out, end = [], 0
+        for image in seen:
+            start, end = end, end + len(image.frames)
+            frame_maps = () if maps is None else self.frame_maps(image, scores[start:end],
+                                                                 maps[start:end])
+            out.append(ImageScore(image.name, image.frame_indices,
+                                  float(scores[start:end].max()), frame_maps))
+        return out
 
     def score_dataset(self, ds: Dataset) -> list[ImageScore]:
         """Score a DICOM instance (a one-element list: one score per instance).
@@ -377,14 +461,20 @@ class Detector:
 
 def fit_detector(backbone: Backbone, normal: Sequence[InputImage], abnormal: Sequence[InputImage],
                  config: DetectorConfig, seed: int = 0,
-                 head_config: HeadConfig = HeadConfig()) -> Detector:
+                 head_config: HeadConfig = HeadConfig(), scope: Scope | None = None,
+                 description: str = "") -> Detector:
     """Fit a detector from example images (every frame of each counts as one example).
+
+    ``scope`` (DICOM keyword -> allowed values, see :mod:`sonoshot.model.scope`) and
+    ``description`` are recorded in the bundle.
 
     Raises
     ------
     DetectorError
         With fewer than ``config.min_shots`` normal examples, or abnormal examples below
         ``config.min_shots`` when any are given.
+    sonoshot.model.scope.ScopeError
+        If ``scope`` is invalid.
     """
     if len(normal) < config.min_shots or 0 < len(abnormal) < config.min_shots:
         raise DetectorError(f"too few examples: {len(normal)} normal and {len(abnormal)} "
@@ -405,7 +495,7 @@ def fit_detector(backbone: Backbone, normal: Sequence[InputImage], abnormal: Seq
                     for lab, ims in (("normal", normal), ("abnormal", abnormal)) for im in ims],
         "prompts": class_prompts(config.prompt_organs) if text is not None else {},
     }
-    return Detector(backbone, state, config, provenance)
+    return Detector(backbone, state, config, provenance, scope, description)
 
 
 def zero_shot_detector(backbone: Backbone, config: DetectorConfig) -> Detector:
@@ -430,7 +520,8 @@ def _digest(folder: Path) -> str:
 
 
 def save_bundle(detector: Detector, folder: Path) -> str:
-    """Write ``bundle.json`` and ``head.pt`` into ``folder``; returns the bundle SHA-256."""
+    """Write ``bundle.json`` and ``head.pt`` into ``folder``; returns the bundle SHA-256.
+    ``bundle.json`` records the scope and description beside the provenance."""
     folder.mkdir(parents=True, exist_ok=True)
     state = detector.state
     meta = {
@@ -448,6 +539,9 @@ def save_bundle(detector: Detector, folder: Path) -> str:
         "patch_scale": list(state.patch_scale),
         "metrics": state.metrics,
         "validation": state.validation,
+        "map_threshold": state.map_threshold,
+        "scope": {k: list(v) for k, v in detector.scope.items()},
+        "description": detector.description,
         **{k: v for k, v in detector.provenance.items() if k != "bundle_sha256"},
     }
     (folder / "bundle.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -473,8 +567,10 @@ def load_bundle(folder: Path, backbone: Backbone, config: DetectorConfig) -> Det
     Raises
     ------
     DetectorError
-        If files are missing, the format version is unsupported, or the backbone's name or
-        weights SHA-256 differ from the bundle's.
+        If files are missing, the format version is unsupported, the backbone's name or
+        weights SHA-256 differ from the bundle's, or its scope is invalid. Format-2 bundles
+        from before scopes and maps load with no scope, no description, and the map
+        threshold at the evidence of their image threshold.
     """
     try:
         meta = json.loads((folder / "bundle.json").read_text())
@@ -506,10 +602,22 @@ def load_bundle(folder: Path, backbone: Backbone, config: DetectorConfig) -> Det
         tensors["protos"].numpy() if "protos" in tensors else None, meta["temperature"],
         meta["threshold"], bank,
         None if meta["global_scale"] is None else tuple(meta["global_scale"]),
-        tuple(meta["patch_scale"]), tuple(meta["views"]), meta["metrics"], meta.get("validation", {}))
+        tuple(meta["patch_scale"]), tuple(meta["views"]), meta["metrics"],
+        validation=meta.get("validation", {}),
+        map_threshold=meta.get("map_threshold", None if bank is None else _logit(meta["threshold"])))
     provenance = {k: meta[k] for k in ("seed", "head_config", "support", "prompts") if k in meta}
     provenance["bundle_sha256"] = _digest(folder)
-    return Detector(backbone, state, config, provenance)
+    try:
+        return Detector(backbone, state, config, provenance, meta.get("scope") or {},
+                        meta.get("description", ""))
+    except ValueError as exc:
+        raise DetectorError(f"{folder}: bad scope in bundle.json ({exc})") from exc
+
+
+def demo_bundle_path() -> Path:
+    """The packaged demo bundle folder: fitted on a few public BUSI breast images (CC0),
+    scope breast, not validated for any site (rebuilt by ``tools/build_demo_bundle.py``)."""
+    return Path(__file__).with_name("demo_bundle")
 
 
 def bundle_precision(meta: dict) -> str:
@@ -528,8 +636,9 @@ def _precision_for(validated: str, config: DetectorConfig) -> str:
 
 
 def load_detector(config: DetectorConfig) -> Detector | None:
-    """The daemon's detector: the bundle in ``config.bundle``; else zero-shot from the prompts
-    when the backbone has a text tower; else None (studies wait for a detector).
+    """The daemon's detector: the bundle in ``config.bundle`` (``"demo"``: the packaged demo
+    bundle); else zero-shot from the prompts when the backbone has a text tower; else None
+    (studies wait for a detector).
 
     With ``detector.precision = "auto"`` a bundle runs at the precision it was validated at
     when this device computes it natively (a bf16 bundle on a CPU without bf16 runs at fp32,
@@ -543,7 +652,7 @@ def load_detector(config: DetectorConfig) -> Detector | None:
         If the configured backbone is unknown or its files are missing.
     """
     if config.bundle:
-        folder = Path(config.bundle)
+        folder = demo_bundle_path() if config.bundle == DEMO_BUNDLE else Path(config.bundle)
         try:
             meta = json.loads((folder / "bundle.json").read_text())
             name = meta["backbone"]["name"]

@@ -28,13 +28,25 @@ TTA_VIEWS = (0, 1, 2, 3)  # views averaged at scoring time (all four; see docs/m
 FLIP_VIEWS = (0, 1)  # identity + flip: the no-augmentation ablation's pooling
 
 
+ZOOM_MARGIN = 0.06  # the zoom views drop this fraction of the side at each edge
+
+
 def augment_views(batch: torch.Tensor) -> list[torch.Tensor]:
     """The :data:`N_VIEWS` deterministic variants of a ``[0, 1]`` ``(B, 3, S, S)`` batch."""
     size = batch.shape[-1]
-    margin = round(size * 0.06)
+    margin = round(size * ZOOM_MARGIN)
     zoom = F.interpolate(batch[:, :, margin:size - margin, margin:size - margin],
                          size=(size, size), mode="bilinear", align_corners=False)
     return [batch, batch.flip(3), zoom, zoom.flip(3).clamp(0, 1).pow(0.8)]
+
+
+def view_geometry(size: int) -> tuple[tuple[float, bool], ...]:
+    """Where each of :func:`augment_views` puts a point: ``(scale, flipped)`` per view, such
+    that the point at normalised coordinates ``(u, v)`` (-1 … 1 from edge to edge) of the
+    prepared image lies at ``(±scale·u, scale·v)`` in the view (x negated when flipped)."""
+    margin = round(size * ZOOM_MARGIN)
+    zoom = size / (size - 2 * margin)
+    return ((1.0, False), (1.0, True), (zoom, False), (zoom, True))
 
 
 def tta_embedding(views: np.ndarray, which: tuple[int, ...] = TTA_VIEWS) -> np.ndarray:

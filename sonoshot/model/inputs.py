@@ -14,6 +14,7 @@ they do not fit the image, which :func:`~sonoshot.dicom_io.pixels.ultrasound_reg
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 from dataclasses import dataclass
@@ -43,6 +44,13 @@ class InputImage:
     sha256: str  # of the file bytes (empty for in-memory datasets)
     frame_indices: tuple[int, ...]
     frames: tuple[np.ndarray, ...]  # RGB (H, W, 3) or monochrome (H, W)
+    origin: tuple[int, int] = (0, 0)  # (x, y) of the frames' top-left pixel in the instance
+    grid: tuple[int, int] | None = None  # (Rows, Columns) of the instance; None: the frame's own
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """``(Rows, Columns)`` of the instance's pixel grid the frames were cropped from."""
+        return self.grid if self.grid is not None else tuple(self.frames[0].shape[:2])
 
 
 def even_indices(count: int, wanted: int) -> list[int]:
@@ -76,12 +84,15 @@ def dataset_frames(ds: Dataset, frames_per_cine: int) -> InputImage:
     indices = even_indices(frame_count(ds), frames_per_cine)
     box = crop_box(ds)
     frames = []
+    grid: tuple[int, int] | None = None
     for frame in iter_frames_fast(ds, indices):
+        grid = (frame.shape[0], frame.shape[1])
         if box is not None:
             x0, y0, x1, y1 = box
             frame = frame[y0:y1 + 1, x0:x1 + 1]
         frames.append(frame)
-    return InputImage(str(ds.get("SOPInstanceUID", "")), "", tuple(indices), tuple(frames))
+    return InputImage(str(ds.get("SOPInstanceUID", "")), "", tuple(indices), tuple(frames),
+                      (box[0], box[1]) if box is not None else (0, 0), grid)
 
 
 def read_input(path: Path, frames_per_cine: int) -> InputImage:
@@ -107,7 +118,7 @@ def read_input(path: Path, frames_per_cine: int) -> InputImage:
         image = dataset_frames(ds, frames_per_cine)
     except (InvalidDicomError, ValueError, AttributeError, OSError) as exc:
         raise InputError(f"{path}: not a decodable DICOM image ({exc})") from exc
-    return InputImage(path.name, digest, image.frame_indices, image.frames)
+    return dataclasses.replace(image, name=path.name, sha256=digest)
 
 
 def list_inputs(folder: Path) -> list[Path]:

@@ -65,41 +65,55 @@ class PatchBank:
         out = [1.0 - (chunk @ bank.T).max(dim=1).values for chunk in queries.split(_CHUNK)]
         return torch.cat(out) if out else queries.new_zeros(0)
 
-    def anomaly(self, patches: np.ndarray, views: Sequence[int],
-                exclude: Sequence[int | None] | None = None) -> np.ndarray:
-        """Image anomaly of ``(N, V, P, C)`` patch features: per view, the mean of the
-        :data:`TOP_PATCHES` largest nearest-normal distances; then the mean over ``views``.
-        ``exclude[i]`` leaves image i's own patches out of the bank (leave-one-out)."""
+    def distances(self, patches: np.ndarray, views: Sequence[int],
+                  exclude: Sequence[int | None] | None = None) -> np.ndarray:
+        """Nearest-normal cosine distance of every patch: ``(N, len(views), P)`` float32 from
+        ``(N, V, P, C)`` patch features. ``exclude[i]`` leaves image i's own patches out of
+        the bank (leave-one-out)."""
         n, _, p, c = patches.shape
-        top = min(TOP_PATCHES, p)
-        scores = np.empty(n)
+        out = np.empty((n, len(views), p), np.float32)
         for i in range(n):
             skip = None if exclude is None else exclude[i]
             q = torch.as_tensor(patches[i, list(views)], dtype=torch.float32).reshape(-1, c)
-            d = self.nearest_distance(q, skip).reshape(len(views), p)
-            scores[i] = float(d.topk(top, dim=1).values.mean())
-        return scores
+            out[i] = self.nearest_distance(q, skip).reshape(len(views), p).numpy()
+        return out
 
-    def loo_anomaly(self, patches: np.ndarray, owner: Sequence[int | None],
-                    views: Sequence[int]) -> np.ndarray:
-        """Leave-one-out anomaly of support images: each against the bank without its own
-        patches (``owner[i]`` is its index among the normal examples, None for an abnormal
-        one). A lone normal example has no other image to compare with: its own other views
-        stand in, so every support image gets a score."""
+    def anomaly(self, patches: np.ndarray, views: Sequence[int],
+                exclude: Sequence[int | None] | None = None) -> np.ndarray:
+        """Image anomaly of ``(N, V, P, C)`` patch features (:func:`image_anomaly` of
+        :meth:`distances`)."""
+        return image_anomaly(self.distances(patches, views, exclude))
+
+    def loo_distances(self, patches: np.ndarray, owner: Sequence[int | None],
+                      views: Sequence[int]) -> np.ndarray:
+        """Leave-one-out :meth:`distances` of support images: each against the bank without
+        its own patches (``owner[i]`` is its index among the normal examples, None for an
+        abnormal one). A lone normal example has no other image to compare with: each of its
+        views is compared with its other views, so every support image gets distances."""
         if self.owner is None:
             raise ValueError("this bank has no owners: it cannot leave an example out")
         if len(np.unique(self.owner)) > 1:
-            return self.anomaly(patches, views, owner)
-        out = self.anomaly(patches, views)  # abnormal examples: against the whole bank
+            return self.distances(patches, views, owner)
+        out = self.distances(patches, views)  # abnormal examples: against the whole bank
         c = patches.shape[-1]
         for i in (i for i, own in enumerate(owner) if own is not None):
-            per_view = []
-            for v in views:  # view v of the lone example against its other views
+            for j, v in enumerate(views):
                 others = [w for w in range(patches.shape[1]) if w != v]
                 bank = PatchBank(patches[i, others].reshape(-1, c))
-                per_view.append(bank.anomaly(patches[i:i + 1, [v]], (0,))[0])
-            out[i] = float(np.mean(per_view))
+                out[i, j] = bank.distances(patches[i:i + 1, [v]], (0,))[0, 0]
         return out
+
+    def loo_anomaly(self, patches: np.ndarray, owner: Sequence[int | None],
+                    views: Sequence[int]) -> np.ndarray:
+        """Leave-one-out image anomaly of support images (see :meth:`loo_distances`)."""
+        return image_anomaly(self.loo_distances(patches, owner, views))
+
+
+def image_anomaly(distances: np.ndarray) -> np.ndarray:
+    """``(N,)`` image anomaly from ``(N, V, P)`` patch distances: per view, the mean of the
+    :data:`TOP_PATCHES` largest; then the mean over views."""
+    top = min(TOP_PATCHES, distances.shape[-1])
+    return np.sort(distances, axis=-1)[..., -top:].mean(axis=(1, 2)).astype(np.float64)
 
 
 def greedy_coreset(x: torch.Tensor, size: int, seed: int = 0, dim: int = 128) -> np.ndarray:
