@@ -113,6 +113,10 @@ def test_batched_scores_equal_one_at_a_time(fitted, images: list[InputImage]) ->
         (s.sop_instance_uid, s.frames) for s in alone]
     assert [len(s.frames) for s in batched] == [4, 4, 1, 1]
     np.testing.assert_allclose([s.score for s in batched], [s.score for s in alone], atol=1e-5)
+    for one, many in zip(alone, batched):  # the maps too, on each instance's own grid
+        assert [m.frame for m in many.maps] == list(one.frames)
+        for a, b in zip(one.maps, many.maps):
+            np.testing.assert_allclose(b.anomaly, a.anomaly, atol=1e-4)
     lazy = fitted.score_images(image for image in images)  # a generator, read in the background
     np.testing.assert_allclose([s.score for s in lazy], [s.score for s in alone], atol=1e-5)
     assert fitted.score_images([]) == []
