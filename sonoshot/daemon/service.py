@@ -35,6 +35,8 @@ from sonoshot.dicom_io.receive import Receiver, start_scp
 from sonoshot.dicom_io.spool import Spool
 from sonoshot.logs import configure_logging
 from sonoshot.model import load_detector
+from sonoshot.model.batching import SharedScorer
+from sonoshot.model.runtime import apply_threads
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class Service:
         self.console = None
         self.stop_workers = threading.Event()
         self.workers: list[StudyWorker] = []
+        self.scorer = SharedScorer(config.workers.batch_wait_s) if config.workers.count > 1 else None
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -86,6 +89,7 @@ class Service:
         pynetdicom_config.LOG_HANDLER_LEVEL = "none"
         self.store.migrate()
         jobs.recover(self.spool, self.store)
+        log.info("torch: %d intra-op threads", apply_threads(self.config.detector.threads))
         self.load_detector()
         config = self.config
         self.scheduler.add_job(jobs.sweep_completion, "interval", args=[self.store, config.completion],
@@ -102,7 +106,8 @@ class Service:
                                next_run_time=datetime.now(timezone.utc))
         self.scheduler.start()
         for n in range(config.workers.count):
-            worker = StudyWorker(config, self.store, self.spool, self.key, self.detectors, self.metrics.observe_stage)
+            worker = StudyWorker(config, self.store, self.spool, self.key, self.detectors, self.metrics.observe_stage,
+                                 self.scorer)
             thread = threading.Thread(target=_below_the_receiver, args=[worker.run, self.stop_workers],
                                       name=f"worker-{n}", daemon=True)
             thread.start()
@@ -145,7 +150,8 @@ class Service:
         if detector is None:
             return None
         about = f" ({detector.description})" if detector.description else ""
-        return f"{detector.backbone_name} {(detector.bundle_sha256 or 'zero-shot')[:12]}{about}"
+        return (f"{detector.backbone_name} {detector.precision} "
+                f"{(detector.bundle_sha256 or 'zero-shot')[:12]}{about}")
 
     def load_detector(self) -> None:
         """(Re)load the detector from config; held studies are requeued once one is available."""
@@ -193,6 +199,8 @@ class Service:
         self.stop_workers.set()
         for thread in self.threads:
             thread.join(timeout=120)
+        if self.scorer is not None:
+            self.scorer.close()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.store.record_event("service", "stopped")

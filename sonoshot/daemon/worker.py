@@ -18,7 +18,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
@@ -35,7 +35,8 @@ from sonoshot.dicom_io.not_analysed import NotAnalysedReason
 from sonoshot.dicom_io.pixels import UndecodableError
 from sonoshot.dicom_io.spool import Spool
 from sonoshot.model import Detector
-from sonoshot.model.inputs import dataset_frames
+from sonoshot.model.batching import SharedScorer
+from sonoshot.model.inputs import InputImage, dataset_frames
 from sonoshot.validation.imaging import ImageStats, image_stats
 from sonoshot.validation.observe import observations
 
@@ -64,7 +65,7 @@ class StudyWorker:
     """Processes claimed studies; ``run`` loops until ``stop`` is set."""
 
     def __init__(self, config: Config, store: Store, spool: Spool, key: bytes, detectors: DetectorSlot,
-                 observe_stage: StageTimer | None = None) -> None:
+                 observe_stage: StageTimer | None = None, scorer: SharedScorer | None = None) -> None:
         self.config = config
         self.store = store
         self.spool = spool
@@ -74,6 +75,7 @@ class StudyWorker:
         self.observe_stage = observe_stage or (lambda _stage, _seconds: None)
         self.work_root = Path(config.storage.work_dir)
         self.quarantine_root = Path(config.storage.quarantine_dir)
+        self.scorer = scorer  # shared by the workers, so their studies share the backbone's batches
 
     def run(self, stop: threading.Event, idle_s: float = 0.25) -> None:
         """Claim and process studies until ``stop`` is set (the study in hand is finished first)."""
@@ -213,15 +215,23 @@ class StudyWorker:
 
     def _detect(self, detector: Detector, clean: list[tuple[InstanceRef, Path]]
                 ) -> tuple[list[ScoredInstance], list[Excluded], dict[str, ImageStats]]:
-        """Score the clean copies; also the image statistics of the scored frames, for drift."""
-        scored, unscored, stats = [], [], {}
-        for original, path in clean:
-            try:
-                frames = dataset_frames(dcmread(path), detector.config.frames_per_cine)
-                image = detector.score_image(frames)
-            except UndecodableError as exc:
-                unscored.append(Excluded(original, NotAnalysedReason.UNDECODABLE, f"not scored: {exc}"))
-                continue
-            scored.append(ScoredInstance(original, path, image))
-            stats[original.sop_instance_uid] = image_stats(frames.frames)
-        return scored, unscored, stats
+        """Score the clean copies in shared batches (with other workers' studies through the shared
+        scorer), decoding each as the batches need it; also the image statistics of the scored
+        frames, for drift."""
+        decoded: list[tuple[InstanceRef, Path]] = []
+        unscored, stats = [], {}
+
+        def images() -> Iterator[InputImage]:
+            for original, path in clean:
+                try:
+                    image = dataset_frames(dcmread(path), detector.config.frames_per_cine)
+                except UndecodableError as exc:
+                    unscored.append(Excluded(original, NotAnalysedReason.UNDECODABLE, f"not scored: {exc}"))
+                    continue
+                decoded.append((original, path))
+                stats[original.sop_instance_uid] = image_stats(image.frames)
+                yield image
+
+        scores = self.scorer.score(detector, images()) if self.scorer else detector.score_images(images())
+        return [ScoredInstance(original, path, image) for (original, path), image in zip(decoded, scores)], \
+            unscored, stats
