@@ -10,6 +10,7 @@ import logging
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -183,9 +184,12 @@ def test_daemon_applies_threads_and_reports_precision(tmp_path: Path, demo_bundl
     daemon = Daemon(tmp_path / "d", {"detector": {"bundle": str(demo_bundle), "threads": 1,
                                                   "precision": other}})
     with daemon:
-        with urllib.request.urlopen(f"http://127.0.0.1:{daemon.config['http']['port']}/healthz",
-                                    timeout=10) as reply:
-            health = json.loads(reply.read())
+        url = f"http://127.0.0.1:{daemon.config['http']['port']}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                health = json.loads(reply.read())
+        except urllib.error.HTTPError as not_ready:  # no PACS in this test: 503, same body
+            health = json.loads(not_ready.read())
     assert health["checks"]["detector"]["detail"].startswith(f"efficientnet-lite0 {other} ")
     log = daemon.log()
     assert "torch: 1 intra-op threads" in log
