@@ -117,6 +117,8 @@ class DetectorConfig:
     study_aggregation: Literal["max", "top3-mean", "mean"] = "max"  # image scores to a study score
     threshold: float = -1.0  # study verdict threshold; negative: the bundle's own
     device: str = "cpu"  # torch device
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # backbone forward; auto: bf16 where the CPU (AVX512-BF16/AMX) or GPU has it, else fp32; fp16 only on CUDA
+    threads: int = 0  # torch intra-op threads; 0: one core less than this process may use (at least 1)
     mask_annotations: bool = True  # fill burned-in text, callipers and colour overlays before embedding
     min_shots: int = 1  # fewest examples per given class that `sonoshot fit` accepts
     prompt_organs: tuple[str, ...] = ()  # organ prompt sets beside the general one; empty: all organs
@@ -172,6 +174,7 @@ class DeliveryConfig:
 @dataclass(frozen=True)
 class WorkersConfig:
     count: int = 1  # studies processed at once (de-identify, detect, report)
+    batch_wait_s: float = 0.05  # with count > 1: how long a study waits at the detector for others to share its batches
 
 
 @dataclass(frozen=True)
@@ -287,6 +290,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "delivery.max_attempts": (1, 10**6),
     "delivery.sweep_interval_s": (0.05, 3600),
     "workers.count": (1, 64),
+    "workers.batch_wait_s": (0, 10),
     "deid.ocr_max_frames": (1, 10**6),
     "deid.ocr_min_score": (50, 100),
     "deid.text_detection_frames": (1, 1000),
@@ -297,6 +301,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "cluster.heartbeat_interval_s": (0.1, 3600),
     "cluster.poll_interval_s": (0.1, 3600),
     "cluster.keep_finished_jobs_h": (1, 24 * 365),
+    "detector.threads": (0, 1024),
     "console.port": (1, 65535),
     "console.session_minutes": (1, 24 * 60),
     "console.max_failed_logins": (1, 1000),
@@ -400,6 +405,9 @@ def _check(config: Config) -> None:
             raise ConfigError("objects.store", "cluster mode needs a store every node reaches: 'folder' or 's3'")
         if cluster.heartbeat_interval_s >= cluster.stall_timeout_s:
             raise ConfigError("cluster.heartbeat_interval_s", "must be shorter than cluster.stall_timeout_s")
+    if config.detector.precision == "fp16" and not config.detector.device.startswith("cuda"):
+        raise ConfigError("detector.precision", f"fp16 needs a CUDA detector.device, not "
+                          f"{config.detector.device!r}; use auto, fp32 or bf16")
     if config.console.tls.certificate and not config.console.tls.private_key:
         raise ConfigError("console.tls.private_key", "required when console.tls.certificate is set")
     for title_key, title in (("network.ae_title", config.network.ae_title),):

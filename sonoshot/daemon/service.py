@@ -47,6 +47,8 @@ from sonoshot.dicom_io.receive import Receiver, start_scp
 from sonoshot.dicom_io.spool import Spool
 from sonoshot.logs import configure_logging
 from sonoshot.model import load_detector
+from sonoshot.model.batching import SharedScorer
+from sonoshot.model.runtime import apply_threads
 from sonoshot.objects import ObjectStore, open_object_store
 
 log = logging.getLogger(__name__)
@@ -152,6 +154,9 @@ class Service:
         self.drift = DriftWatch(self.store, lambda: self.config)
         self.registry.register(DriftCollector(self.drift))
         self.detectors = DetectorSlot()
+        # one scoring thread shared by the workers, so their studies share the backbone's batches
+        self.scorer = SharedScorer(config.workers.batch_wait_s) if config.workers.count > 1 and self.plan.detect \
+            else None
         self.stages = self._stages()
         self.carrier: Carrier | None = None
         self.probes = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
@@ -169,7 +174,8 @@ class Service:
         if self.plan.deid:
             stages["deid"] = DeidStage(config, self.store, self.objects, self.key, self.detectors)
         if self.plan.detect:
-            stages["detect"] = DetectStage(config, self.store, self.objects, self.detectors, self.metrics.observe_stage)
+            stages["detect"] = DetectStage(config, self.store, self.objects, self.detectors,
+                                           self.metrics.observe_stage, self.scorer)
         if self.plan.deliver:
             stages["deliver"] = DeliverStage(config, self.store, self.objects, self.metrics.delivery_failed)
         return stages
@@ -204,6 +210,7 @@ class Service:
             else:
                 jobs.recover(self.spool, self.store)
         if self.plan.deid or self.plan.detect:  # de-identification checks each instance against its scope
+            log.info("torch: %d intra-op threads", apply_threads(config.detector.threads))
             self.load_detector()
         self._start_carrier()
         echoes = [DestinationEcho(d, config.network.ae_title, config.http.echo_interval_s)
@@ -284,7 +291,8 @@ class Service:
         if detector is None:
             return None
         about = f" ({detector.description})" if detector.description else ""
-        return f"{detector.backbone_name} {(detector.bundle_sha256 or 'zero-shot')[:12]}{about}"
+        return (f"{detector.backbone_name} {detector.precision} "
+                f"{(detector.bundle_sha256 or 'zero-shot')[:12]}{about}")
 
     def load_detector(self) -> None:
         """(Re)load the detector from config; held studies are requeued once one is available."""
@@ -339,6 +347,8 @@ class Service:
             thread.join(timeout=120)
         if self.carrier is not None:
             self.carrier.stop()
+        if self.scorer is not None:
+            self.scorer.close()
         if self.probes.running:
             self.probes.shutdown(wait=True)
         self.store.record_event("service", "stopped", detail={"node": self.node})

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
@@ -40,7 +40,8 @@ from sonoshot.dicom_io.deid import DeidOutcome, DeidPolicy, deidentify_file
 from sonoshot.dicom_io.not_analysed import NotAnalysedReason
 from sonoshot.dicom_io.pixels import UndecodableError
 from sonoshot.model import Detector
-from sonoshot.model.inputs import dataset_frames
+from sonoshot.model.batching import SharedScorer
+from sonoshot.model.inputs import InputImage, dataset_frames
 from sonoshot.objects import Kind, ObjectStore, work_prefix
 from sonoshot.objects.folder import FolderStore
 from sonoshot.validation.imaging import ImageStats, image_stats
@@ -215,12 +216,13 @@ class DetectStage:
     name = "detect"
 
     def __init__(self, config: Config, store: Store, objects: ObjectStore, detectors: DetectorSlot,
-                 observe_stage: StageTimer | None = None) -> None:
+                 observe_stage: StageTimer | None = None, scorer: SharedScorer | None = None) -> None:
         self.config = config
         self.store = store
         self.objects = objects
         self.detectors = detectors
         self.observe_stage = observe_stage or (lambda _stage, _seconds: None)
+        self.scorer = scorer  # shared by the workers, so their studies share the backbone's batches
 
     def run(self, study: StudyRef) -> None:
         try:
@@ -277,16 +279,24 @@ class DetectStage:
 
     def _detect(self, detector: Detector, clean: list[InstanceRef], copies: dict[str, Path]
                 ) -> tuple[list[ScoredInstance], list[Excluded], dict[str, ImageStats]]:
-        """Score the clean copies; also the image statistics of the scored frames, for drift."""
-        scored, unscored, stats = [], [], {}
-        for original in clean:
-            path = copies[original.sop_instance_uid]
-            try:
-                frames = dataset_frames(dcmread(path), detector.config.frames_per_cine)
-                image = detector.score_image(frames)
-            except UndecodableError as exc:
-                unscored.append(Excluded(original, NotAnalysedReason.UNDECODABLE, f"not scored: {exc}"))
-                continue
-            scored.append(ScoredInstance(original, path, image))
-            stats[original.sop_instance_uid] = image_stats(frames.frames)
-        return scored, unscored, stats
+        """Score the clean copies in shared batches (with other workers' studies through the shared
+        scorer), decoding each as the batches need it; also the image statistics of the scored
+        frames, for drift."""
+        decoded: list[tuple[InstanceRef, Path]] = []
+        unscored, stats = [], {}
+
+        def images() -> Iterator[InputImage]:
+            for original in clean:
+                path = copies[original.sop_instance_uid]
+                try:
+                    image = dataset_frames(dcmread(path), detector.config.frames_per_cine)
+                except UndecodableError as exc:
+                    unscored.append(Excluded(original, NotAnalysedReason.UNDECODABLE, f"not scored: {exc}"))
+                    continue
+                decoded.append((original, path))
+                stats[original.sop_instance_uid] = image_stats(image.frames)
+                yield image
+
+        scores = self.scorer.score(detector, images()) if self.scorer else detector.score_images(images())
+        return [ScoredInstance(original, path, image) for (original, path), image in zip(decoded, scores)], \
+            unscored, stats

@@ -16,17 +16,21 @@ Colour is normalised the same way for every transfer syntax:
   *not* inverted, so callers that display it must invert it themselves.
 
 :func:`frame_format` says what :func:`iter_frames` yields before any frame is decoded.
+:func:`iter_frames_fast` is the same for readers that need the picture rather than the exact
+values (the detector): JPEG Baseline through Pillow's libjpeg-turbo.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from io import BytesIO
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.pixels import apply_color_lut, get_decoder
-from pydicom.uid import UID
+from pydicom.uid import UID, JPEGBaseline8Bit
 
 __all__ = [
     "MAX_REGION_OVERSHOOT",
@@ -39,6 +43,7 @@ __all__ = [
     "frame_count",
     "frame_format",
     "iter_frames",
+    "iter_frames_fast",
     "region_geometry",
     "ultrasound_regions",
 ]
@@ -346,3 +351,71 @@ def iter_frames(ds: Dataset, indices: Sequence[int] | None = None) -> Iterator[n
         raise UndecodableError(
             f"transfer syntax {_ts_label(uid)}: pixel data could not be decoded ({exc})"
         ) from exc
+
+
+_PILLOW_PHOTOMETRIC = ("YBR_FULL", "YBR_FULL_422", "RGB", "MONOCHROME1", "MONOCHROME2")
+
+
+def _pillow_jpeg_frame(data: bytes, fmt: FrameFormat, photometric: str) -> np.ndarray | None:
+    """One JPEG Baseline frame decoded by Pillow (libjpeg-turbo), or None where this path does
+    not apply (an Adobe colour-transform marker: left to pydicom's handling)."""
+    from PIL import Image
+
+    with Image.open(BytesIO(data), formats=("JPEG",)) as image:
+        if "adobe_transform" in image.info:
+            return None
+        if fmt.samples_per_pixel == 3:
+            if photometric.startswith("YBR_FULL") and "jfif" in image.info and image.mode == "RGB":
+                return np.array(image, dtype=np.uint8)  # JFIF is YCbCr: libjpeg-turbo converts
+            image.draft("YCbCr", image.size)  # what the codestream holds, no guessing
+            if image.mode != "YCbCr":
+                return None
+            if photometric.startswith("YBR_FULL"):
+                image = image.convert("RGB")
+        elif image.mode != "L":
+            return None
+        return np.array(image, dtype=np.uint8)
+
+
+def iter_frames_fast(ds: Dataset, indices: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+    """:func:`iter_frames` for readers that need the picture, not the exact bytes (the
+    detector): JPEG Baseline 8-bit frames (YBR_FULL, YBR_FULL_422, RGB, MONOCHROME1/2) are
+    decoded by Pillow's libjpeg-turbo, colour conversion included (about 10x faster on large
+    ultrasound frames); its chroma upsampling and integer colour conversion differ from
+    pydicom's by a few levels at colour edges (mean absolute difference about 0.03). Every
+    other instance goes through :func:`iter_frames` unchanged. Same shapes, dtype and
+    colour model.
+
+    Raises
+    ------
+    UndecodableError
+        As :func:`iter_frames`.
+    """
+    fmt = frame_format(ds)
+    uid = _transfer_syntax(ds)
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if uid != JPEGBaseline8Bit or fmt.bits_allocated != 8 or photometric not in _PILLOW_PHOTOMETRIC:
+        yield from iter_frames(ds, indices)
+        return
+    count = frame_count(ds)
+    wanted = list(range(count)) if indices is None else [int(i) for i in indices]
+    bad = [i for i in wanted if not 0 <= i < count]
+    if bad:
+        raise UndecodableError(f"frame indices {bad} are outside 0..{count - 1}")
+    for index in wanted:
+        try:
+            data = get_frame(ds.PixelData, index, number_of_frames=count)
+            frame = _pillow_jpeg_frame(data, fmt, photometric)
+        except Exception as exc:  # Pillow and the fragment parser raise many types for corrupt data
+            raise UndecodableError(
+                f"transfer syntax {_ts_label(uid)}: pixel data could not be decoded ({exc})"
+            ) from exc
+        if frame is None:
+            yield from iter_frames(ds, [index])
+            continue
+        if frame.shape != fmt.shape:
+            raise UndecodableError(
+                f"decoded frame has shape {frame.shape}, expected {fmt.shape} "
+                f"(transfer syntax {_ts_label(uid)})"
+            )
+        yield frame

@@ -1,6 +1,6 @@
 """cluster mode: stage leases (fencing), lanes, upload state, working-copy keys, receiver nodes
 
-Revision ID: 0004
+Revision ID: 0006 (after 0005; no 0004 was ever released)
 Revises: 0005
 Create Date: 2026-12-02
 
@@ -19,7 +19,7 @@ from alembic import op
 
 import sonoshot.db.models
 
-revision = "0004"
+revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
