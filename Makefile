@@ -4,10 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PEERS := dcmtk orthanc orthanc-webviewer tesseract-ocr dicom3tools postgresql chromium chromium-driver \
-	swift swift-proxy swift-object swift-container swift-account
+	swift swift-proxy swift-object swift-container swift-account memcached
 # initdb and the Orthanc plugins are not on PATH: their absolute paths (globs the shell expands) are checked.
 PEER_BINARIES := storescu storescp echoscu dcmsend Orthanc tesseract dciodvfy /usr/lib/postgresql/*/bin/initdb \
-	/usr/share/orthanc/plugins/libOrthancWebViewer.so chromium chromedriver swift-proxy-server swift-object-server
+	/usr/share/orthanc/plugins/libOrthancWebViewer.so chromium chromedriver swift-proxy-server swift-object-server \
+	memcached
 
 .PHONY: serve test peers ocr install bench clean
 

@@ -178,6 +178,30 @@ class WorkersConfig:
 
 
 @dataclass(frozen=True)
+class ObjectsConfig:
+    store: Literal["spool", "folder", "s3"] = "spool"  # spool: this machine's folders; folder: a shared mount; s3
+    folder: str = ""  # store = "folder": the shared mount (originals/, work/ and reports/ below it)
+    endpoint_url: str = ""  # store = "s3": the S3 endpoint, e.g. https://s3.example.org
+    region: str = "us-east-1"  # store = "s3": the region the endpoint expects in signatures
+    bucket_prefix: str = "sonoshot"  # buckets <prefix>-originals, <prefix>-work and <prefix>-reports
+    access_key_id: str = ""  # this role's key (receivers, workers and deliverers each have their own)
+    secret_access_key_file: str = ""  # file holding that key's secret (mode 0600)
+    server_side_encryption: str = ""  # e.g. "AES256": asked on every put; empty: the server's own (Swift)
+    verify_tls: bool = True  # check the endpoint's certificate
+    upload_retry_max_s: float = 30.0  # receivers: longest pause between upload tries while the store is down
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    enabled: bool = False  # true: roles on many machines, work carried by procrastinate on PostgreSQL
+    node_name: str = ""  # this process in the database; empty: <hostname>:<network.port>
+    stall_timeout_s: float = 30.0  # a worker without a heartbeat this long is stalled: its jobs are taken over
+    heartbeat_interval_s: float = 5.0  # how often a worker tells the database it is alive
+    poll_interval_s: float = 2.0  # a worker's fallback poll when no job notification arrives
+    keep_finished_jobs_h: int = 24  # finished jobs stay in procrastinate's table this long
+
+
+@dataclass(frozen=True)
 class HttpConfig:
     enabled: bool = True
     bind_address: str = "127.0.0.1"  # /livez, /readyz (/healthz) and /metrics
@@ -239,6 +263,8 @@ class Config:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
+    objects: ObjectsConfig = field(default_factory=ObjectsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
@@ -270,6 +296,11 @@ _RANGES: dict[str, tuple[float, float]] = {
     "deid.text_detection_frames": (1, 1000),
     "deid.text_detector_threads": (1, 64),
     "detector.frames_per_cine": (1, 1000),
+    "objects.upload_retry_max_s": (0.1, 3600),
+    "cluster.stall_timeout_s": (1, 86400),
+    "cluster.heartbeat_interval_s": (0.1, 3600),
+    "cluster.poll_interval_s": (0.1, 3600),
+    "cluster.keep_finished_jobs_h": (1, 24 * 365),
     "detector.threads": (0, 1024),
     "console.port": (1, 65535),
     "console.session_minutes": (1, 24 * 60),
@@ -366,6 +397,14 @@ def _check(config: Config) -> None:
                 raise ConfigError(f"delivery.destinations[{i}].{name}", "expected a non-empty string")
     if len({d.name for d in config.delivery.destinations}) != len(config.delivery.destinations):
         raise ConfigError("delivery.destinations.name", "names must be unique")
+    cluster = config.cluster
+    if cluster.enabled:
+        if not config.database.url.startswith("postgresql"):
+            raise ConfigError("cluster.enabled", "needs a PostgreSQL database.url (postgresql+psycopg://...)")
+        if config.objects.store == "spool":
+            raise ConfigError("objects.store", "cluster mode needs a store every node reaches: 'folder' or 's3'")
+        if cluster.heartbeat_interval_s >= cluster.stall_timeout_s:
+            raise ConfigError("cluster.heartbeat_interval_s", "must be shorter than cluster.stall_timeout_s")
     if config.detector.precision == "fp16" and not config.detector.device.startswith("cuda"):
         raise ConfigError("detector.precision", f"fp16 needs a CUDA detector.device, not "
                           f"{config.detector.device!r}; use auto, fp32 or bf16")

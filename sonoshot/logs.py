@@ -36,7 +36,8 @@ def configure_logging(config: LoggingConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.level)
-    for noisy in ("pynetdicom", "apscheduler", "alembic", "highdicom"):
+    for noisy in ("pynetdicom", "apscheduler", "alembic", "highdicom", "procrastinate", "botocore", "boto3",
+                  "s3transfer", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     # Real devices write invalid values (UIDs with leading zeros); reading stays lenient and quiet.
     logging.getLogger("pydicom").setLevel(logging.ERROR)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +45,17 @@ def fit_demo_bundle(busi: Path, root: Path, per_class: int = 4) -> Path:
 
 
 class Daemon:
-    """``sonoshot serve`` in a subprocess; ``overrides`` are merged into its TOML config."""
+    """``sonoshot serve`` in a subprocess; ``overrides`` are merged into its TOML config.
 
-    def __init__(self, workdir: Path, overrides: dict[str, Any] | None = None, aet: str = "SONOSHOT") -> None:
+    ``role`` and ``queues`` are ``serve --role/--queues`` (cluster mode); a process without the
+    SCP is ready when its /healthz answers, one with it when it answers C-ECHO. ``nice`` runs it
+    at a lower CPU priority (``nice -n``).
+    """
+
+    def __init__(self, workdir: Path, overrides: dict[str, Any] | None = None, aet: str = "SONOSHOT",
+                 role: str = "all", queues: tuple[str, ...] = (), nice: int = 0) -> None:
         self.workdir = workdir
+        self.role, self.queues, self.nice = role, queues, nice
         self.port = free_port()
         self.aet = aet
         workdir.mkdir(parents=True, exist_ok=True)
@@ -74,14 +84,24 @@ class Daemon:
         return Path(self.config["database"]["url"].removeprefix("sqlite:///"))
 
     def start(self, timeout: float = 60.0) -> "Daemon":
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it (several can then start side by side)."""
         log = open(self.log_path, "ab")
+        serve = ["serve", "--role", self.role, *(["--queues", ",".join(self.queues)] if self.queues else [])]
+        niced = ["nice", "-n", str(self.nice)] if self.nice else []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sonoshot", "--config", str(self.config_path), "serve"],
+            [*niced, sys.executable, "-m", "sonoshot", "--config", str(self.config_path), *serve],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
+    def wait_ready(self, timeout: float = 60.0) -> "Daemon":
         def listening() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"sonoshot exited with {self.process.returncode}:\n{self.log()}")
+            if self.role not in ("all", "receiver"):
+                return self.healthz() is not None
             allowed = self.config["network"].get("allowed_calling_ae_titles") or ["ECHOSCU"]
             return echo("127.0.0.1", self.port, self.aet, calling_aet=allowed[0])
 
@@ -91,6 +111,25 @@ class Daemon:
             self.kill()  # __exit__ does not run when __enter__ fails: leave no daemon behind
             raise
         return self
+
+    def healthz(self) -> dict | None:
+        """The /healthz answer (200 or 503), or None when nothing answers."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.config['http']['port']}/healthz", timeout=5) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as error:
+            return json.loads(error.read())
+        except OSError:
+            return None
+
+    def pause(self) -> None:
+        """SIGSTOP: the process stops dead (no heartbeat, no work) until :meth:`resume`."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

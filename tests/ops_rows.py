@@ -50,7 +50,7 @@ def add_result(store: Store, uid: str, score: float, verdict: str, sr_path: str 
         row = Result(study_id=ref.id, generation=ref.generation, score=score, verdict=verdict, threshold=0.5,
                      bundle_sha256=BUNDLE, backbone="efficientnet-lite0", images_scored=ref.instance_count,
                      images_quarantined=0, sr_sop_instance_uid=f"{uid}.99.{ref.generation}",
-                     sr_path=sr_path or f"{uid}/{uid}.99/{uid}.99.{ref.generation}.dcm", timings={"detect": 0.5})
+                     sr_path=sr_path or f"{uid}/{uid}.99.{ref.generation}.dcm", timings={"detect": 0.5})
         s.add(row)
         s.flush()
         return row.id
@@ -77,7 +77,13 @@ def drive(store: Store, uid: str, target: StudyState, score: float = 0.8, verdic
     if target is S.PROCESSING:
         return
     store.record_event("deid", "ok", study_instance_uid=uid)
-    if target in (S.IGNORED, S.QUARANTINED, S.FAILED, S.AWAITING_DETECTOR, S.OUT_OF_SCOPE):
+    if target in (S.IGNORED, S.QUARANTINED, S.FAILED, S.OUT_OF_SCOPE):
+        assert store.move_study(ref, target, detail="test")
+        return
+    assert store.move_study(ref, S.DEIDENTIFIED)
+    ref = store.claim_study(S.DEIDENTIFIED, S.DETECTING)
+    assert ref is not None
+    if target is S.AWAITING_DETECTOR:
         assert store.move_study(ref, target, detail="test")
         return
     assert store.move_study(ref, S.REPORTED)

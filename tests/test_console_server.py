@@ -16,6 +16,7 @@ import pytest
 from sonoshot.config import Config, parse_config
 from sonoshot.console.app import ConsoleContext, create_app
 from sonoshot.console.auth import hash_password
+from sonoshot.objects import spool_store
 from sonoshot.db import users
 from sonoshot.console.server import ConsoleServer
 from sonoshot.dicom_io.spool import Spool
@@ -35,7 +36,7 @@ def _serve(tmp_path, store, **console) -> ConsoleServer:
     config = parse_config({"console": {"enabled": True, "port": free_port(),
                                        "secret_key_file": str(tmp_path / "console.key"), **console},
                            "storage": {"spool_dir": str(tmp_path / "spool")}})
-    app = create_app(ConsoleContext(config, store, Spool(tmp_path / "spool"), b"k" * 32))
+    app = create_app(ConsoleContext(config, store, Spool(tmp_path / "spool"), b"k" * 32, spool_store(config)))
     return ConsoleServer(config.console, app).start()
 
 

@@ -18,13 +18,14 @@ from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.exc import StatementError
 
 from sonoshot.db.lifecycle import OutboxState, StudyState
-from sonoshot.db.models import Association, Delivery, Event, Instance, Study, utcnow
-from sonoshot.db.store import MIGRATIONS, NewInstance, NewResult, Store
+from sonoshot.db.models import Association, Delivery, Event, Instance, PeriodicRun, Result, Study, utcnow
+from sonoshot.db.store import MIGRATIONS, DeidRecord, NewInstance, NewResult, Store, StudyRef
+from sonoshot.db.work import Job, Lane
 from tests.postgres import postgres_url  # noqa: F401  (the session-scoped server fixture)
 
 PREFIX = "1.2.826.0.1.3680043.10.4321"
-TABLES = {"associations", "studies", "instances", "events", "results", "deliveries", "alembic_version",
-          "feedback", "scanners", "observations", "users"}
+TABLES = {"associations", "studies", "instances", "events", "results", "deliveries", "periodic_runs",
+          "alembic_version", "feedback", "scanners", "observations", "users"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -75,6 +76,18 @@ def _complete(store: Store, study: str, sops: int = 1) -> None:
     for _ in range(sops):
         assert store.record_instance(_instance(study))
     assert study in {s.study_instance_uid for s in store.complete_quiet_studies(0, 3600)}
+
+
+def _detecting(store: Store, study: str) -> StudyRef:
+    """Claim a complete study through de-identification into the detect stage."""
+    claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
+    assert claimed is not None and claimed.study_instance_uid == study
+    sops = [i.sop_instance_uid for i in store.instances_of(claimed)]
+    assert store.finish_deid(claimed, [DeidRecord(sop, "ok", f"{study}/g1/{sop}.dcm") for sop in sops], 0.5,
+                             "ultrasound")
+    detecting = store.claim_study(StudyState.DEIDENTIFIED, StudyState.DETECTING)
+    assert detecting is not None and detecting.study_instance_uid == study
+    return detecting
 
 
 def _events(store: Store, kind: str, study: str) -> list[str]:
@@ -145,8 +158,8 @@ def test_claim_and_move_are_guarded_by_state_and_generation(store):
     claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
     assert (claimed.study_instance_uid, claimed.state) == (first, StudyState.PROCESSING)  # oldest first
     assert store.record_instance(_instance(first))  # a late instance: generation 2
-    assert store.move_study(claimed, StudyState.REPORTED) is False  # stale work
-    assert store.add_result(claimed, _result(first, 1), ["pacs"]) is None
+    assert store.move_study(claimed, StudyState.DEIDENTIFIED) is False  # stale work
+    assert store.finish_deid(claimed, [DeidRecord(_uid(), "ok", "k")], 0.1, "ultrasound") is False
     assert store.latest_result(store.study(first)) is None
     assert store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING).study_instance_uid == second
     assert store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING) is None
@@ -162,7 +175,7 @@ def test_claim_and_move_are_guarded_by_state_and_generation(store):
 def test_outbox_delivered_retry_dead_letter_and_requeue(store):
     study = _uid()
     _complete(store, study)
-    claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
+    claimed = _detecting(store, study)
     result = store.add_result(claimed, _result(study, 1), ["a", "b", "c"])
     assert (result.study_instance_uid, result.generation) == (study, 1)
     assert store.study(study).state is StudyState.REPORTED
@@ -200,7 +213,7 @@ def test_outbox_delivered_retry_dead_letter_and_requeue(store):
 def test_a_result_without_destinations_is_recorded(store):
     study = _uid()
     _complete(store, study)
-    claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
+    claimed = _detecting(store, study)
     assert store.add_result(claimed, _result(study, 1), []) is not None
     assert store.latest_result(store.study(study)).sr_sop_instance_uid == f"{study}.99.1"
     assert _events(store, "delivery", study) == ["no-destination"]
@@ -238,7 +251,7 @@ def test_not_analysed_result_keeps_the_state_and_a_reload_requeues(store, tmp_pa
     assert store.requeue_for_reload(StudyState.QUARANTINED) == 1
     assert store.study(kept).state is StudyState.COMPLETE and store.study(purged).state is StudyState.QUARANTINED
     assert _events(store, "study", kept)[-1] == "requeued"
-    claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
+    claimed = _detecting(store, kept)
     scored = replace(_result(kept, 1), key_image_sop_instance_uid=f"{kept}.97", key_image_path=f"{kept}/ki.dcm",
                      predecessor_sr_uid=f"{kept}.98")
     ref = store.add_result(claimed, scored, ["pacs"])
@@ -256,8 +269,7 @@ def test_migration_0003_keeps_earlier_results_scored(store, tmp_path):
     config.set_main_option("script_location", str(MIGRATIONS))
     study = _uid()
     _complete(store, study)
-    claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
-    store.add_result(claimed, _result(study, 1), [])
+    store.add_result(_detecting(store, study), _result(study, 1), [])
     with store.engine.begin() as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, "0002")
@@ -393,6 +405,123 @@ def test_byte_counts_past_2_gib(store):
         assert s.scalar(select(Study.total_bytes).where(Study.study_instance_uid == study)) == 2**31 + 900
 
 
+def test_a_takeover_fences_the_stalled_holder(store):
+    """The claim a stalled worker held is taken over; its late writes are refused, the new ones land."""
+    study = _uid()
+    _complete(store, study)
+    job = Job("deid", study, 1)
+    stalled = store.claim_job(job)
+    assert stalled is not None and stalled.lease == 1
+    assert store.claim_job(job) is None  # the study is running: a plain (duplicate) job takes nothing
+    retry = store.claim_job(replace(job, takeover=True))
+    assert retry is not None and retry.lease == 2 and retry.state is StudyState.PROCESSING
+    sop = store.instances_of(retry)[0].sop_instance_uid
+    assert store.finish_deid(stalled, [DeidRecord(sop, "ok", "late")], 1.0, "r") is False
+    assert store.move_study(stalled, StudyState.FAILED, detail="late") is False
+    assert store.finish_deid(retry, [DeidRecord(sop, "ok", f"{study}/g1/x.dcm")], 1.0, "r") is True
+    (instance,) = store.instances_of(store.study(study))
+    assert instance.work_path == f"{study}/g1/x.dcm"
+    detecting = store.claim_job(Job("detect", study, 1))
+    assert store.add_result(replace(detecting, lease=detecting.lease - 1), _result(study, 1), ["pacs"]) is None
+    result = store.add_result(detecting, _result(study, 1), ["pacs"])
+    with store.read_session() as s:
+        row = s.get(Result, result.id)
+        assert row.attempt == detecting.lease and row.timings == {"deidentify": 1.0, "detect": 0.25}
+    assert _events(store, "study", study).count("taken-over") == 1
+
+
+def test_an_obsolete_job_claims_nothing(store):
+    study = _uid()
+    _complete(store, study)
+    assert store.record_instance(_instance(study))  # reopened: generation 2
+    assert store.claim_job(Job("deid", study, 1)) is None
+    store.complete_quiet_studies(0, 3600)
+    assert store.claim_job(Job("deid", study, 2)).generation == 2
+    assert store.claim_job(Job("deid", _uid(), 1)) is None  # unknown study
+
+
+def test_a_delivery_claim_fences_a_stalled_sender(store):
+    study = _uid()
+    _complete(store, study)
+    store.add_result(_detecting(store, study), _result(study, 1), ["pacs"])
+    (due,) = store.due_deliveries("pacs")
+    stalled = store.claim_delivery(due.id)
+    retry = store.claim_delivery(due.id)
+    assert (stalled.lease, retry.lease) == (1, 2)
+    assert store.record_attempt(stalled, True, "0x0000", None, None) is None  # the PACS answered too late
+    assert store.record_attempt(retry, True, "0x0000", None, None) is OutboxState.DELIVERED
+    assert store.claim_delivery(due.id) is None  # delivered: nothing left to claim
+    assert store.study(study).state is StudyState.DELIVERED
+
+
+def test_live_studies_are_claimed_before_archive_ones(store):
+    archive = [_uid() for _ in range(3)]
+    for uid in archive:
+        assert store.record_instance(replace(_instance(uid), lane=Lane.ARCHIVE))
+        assert store.complete_study(uid).lane is Lane.ARCHIVE
+    live = _uid()
+    _complete(store, live)
+    order = [store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING).study_instance_uid for _ in range(4)]
+    assert order == [live, *archive]
+    assert store.complete_study(live) is None  # not receiving any more
+
+
+def test_completion_waits_for_pending_uploads(store):
+    study, sop = _uid(), _uid()
+    assert store.record_instance(replace(_instance(study, sop), pending_upload="rx-1"))
+    assert store.complete_quiet_studies(0, 0) == []  # even past the maximum wait
+    assert store.complete_study(study) is None
+    assert [i.sop_instance_uid for i in store.pending_uploads("rx-1")] == [sop]
+    assert store.pending_on(f"{study}/{sop}.dcm") == "rx-1"
+    assert store.pending_uploads("rx-2") == []
+    assert store.mark_uploaded(sop, "rx-2") is False
+    assert store.mark_uploaded(sop, "rx-1") is True
+    assert store.pending_on(f"{study}/{sop}.dcm") is None
+    assert [s.study_instance_uid for s in store.complete_quiet_studies(0, 3600)] == [study]
+
+
+def test_jobs_are_deferred_in_the_transaction_of_the_move(store):
+    """A move that rolls back defers nothing; one that commits defers exactly its next job."""
+    deferred: list[Job] = []
+
+    class Failing:
+        def defer(self, connection, jobs):
+            deferred.extend(jobs)
+            raise RuntimeError("the transaction fails after the defer")
+
+    study = _uid()
+    assert store.record_instance(_instance(study))
+    real, store.deferrer = store.deferrer, Failing()
+    with pytest.raises(RuntimeError):
+        store.complete_quiet_studies(0, 3600)
+    assert [j.study_instance_uid for j in deferred] == [study]
+    assert store.study(study).state is StudyState.RECEIVING  # rolled back with the defer
+
+    class Recording:
+        def defer(self, connection, jobs):
+            assert connection.in_transaction()
+            deferred.extend(jobs)
+
+    deferred.clear()
+    store.deferrer = Recording()
+    store.complete_quiet_studies(0, 3600)
+    claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
+    store.finish_deid(claimed, [DeidRecord(store.instances_of(claimed)[0].sop_instance_uid, "ok", "k")], 0.1,
+                      "r")
+    store.add_result(store.claim_study(StudyState.DEIDENTIFIED, StudyState.DETECTING), _result(study, 1), ["a", "b"])
+    assert [(j.stage, j.destination) for j in deferred] == [("deid", None), ("detect", None), ("deliver", "a"),
+                                                            ("deliver", "b")]
+    store.deferrer = real
+
+
+def test_a_period_runs_once_and_never_after_a_later_one(store):
+    assert store.claim_period("completion", 100)
+    assert not store.claim_period("completion", 100)  # proposed again by another worker
+    assert store.claim_period("completion", 102)
+    assert not store.claim_period("completion", 101)  # a resumed worker's late proposal
+    assert store.claim_period("retention", 101)
+    with store.read_session() as s:
+        assert s.get(PeriodicRun, "completion").runs == 2
 def test_shadow_outbox_feedback_and_observations(store):
     from sonoshot.db import users
     from sonoshot.db.outbox import discard_held, hold_pending, release_held
@@ -402,7 +531,7 @@ def test_shadow_outbox_feedback_and_observations(store):
     kept, dropped = _uid(), _uid()
     for study in (kept, dropped):
         _complete(store, study)
-        claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
+        claimed = _detecting(store, study)
         device = Device("ACME", "Sono 1", "2.0", "L12")
         record_observations(store, claimed, [NewObservation(f"{study}.1.1", device, "BREAST", False, None, 0.7, 512,
                                                             512, 80.0)])

@@ -12,6 +12,7 @@ import tomli_w
 from sonoshot.daemon.reporting import deid_reason
 from sonoshot.dicom_io.deid import QuarantineReason
 from sonoshot.dicom_io.not_analysed import NotAnalysedReason, read_not_analysed
+from sonoshot.dicom_io.spool import REPORTS
 from tests.daemon import Daemon
 from tests.peers import dcmsend, wait_for
 from tests.scenarios import SMALL_US, SMALL_US_MASK, make_study
@@ -47,7 +48,7 @@ def test_failed_study_is_reported_and_the_switch_turns_it_off(tmp_path, shared_d
         wait_for(lambda: daemon.study_state(study) == "failed", timeout=90, interval=0.3, what="failed")
         ((kind, reason, sr_path),) = daemon.query("select kind, reason, sr_path from results")
         assert (kind, reason) == ("not-analysed", "proc-failed")
-        stated = read_not_analysed(pydicom.dcmread(daemon.spool / sr_path))
+        stated = read_not_analysed(pydicom.dcmread(daemon.spool / REPORTS / sr_path))  # a reports-store key
         readable = daemon.query("select sop_instance_uid from instances where path != ?", damaged)
         assert [i.sop_instance_uid for i in stated.instances] == [readable[0][0]]  # the damaged one is left out
         assert stated.instances[0].reason is NotAnalysedReason.PROCESSING_FAILED

@@ -9,9 +9,13 @@ from sqlalchemy import select
 
 from sonoshot.config import RetentionConfig
 from sonoshot.db.lifecycle import OutboxState, StudyState
-from sonoshot.daemon.retention import PurgeCounts, purge_expired
+from sonoshot.daemon.retention import PurgeCounts
+from sonoshot.daemon.retention import purge_expired as purge
 from sonoshot.db.models import Event, Instance, Result, utcnow
 from sonoshot.db.store import NewInstance
+from sonoshot.dicom_io.spool import REPORTS
+from sonoshot.objects import Kind
+from sonoshot.objects.folder import FolderStore
 from tests.ops_rows import add_delivery, drive, new_store, receive, study_uid
 
 RETENTION = RetentionConfig(spool_days=30, work_days=1)
@@ -27,6 +31,12 @@ def site(tmp_path):
     store.dispose()
 
 
+def purge_expired(store, spool, work, retention, now):
+    """Retention over the embedded layout: originals and SRs in the spool, copies in the work folder."""
+    objects = FolderStore({Kind.ORIGINALS: spool, Kind.WORK: work, Kind.REPORTS: spool / REPORTS}, fsync=False)
+    return purge(store, objects, retention, now=now)
+
+
 def _study(store, spool, work, n: int, state: StudyState) -> str:
     uid = study_uid(n)
     receive(store, uid, count=2, spool=spool)
@@ -35,7 +45,7 @@ def _study(store, spool, work, n: int, state: StudyState) -> str:
     copy.mkdir(parents=True)
     (copy / "1.dcm").write_bytes(b"deidentified")
     if state in (StudyState.DELIVERED, StudyState.DEAD_LETTER, StudyState.REPORTED):
-        sr = spool / uid / f"{uid}.99" / f"{uid}.99.1.dcm"
+        sr = spool / REPORTS / uid / f"{uid}.99.1.dcm"
         sr.parent.mkdir(parents=True)
         sr.write_bytes(b"sr")
     return uid
@@ -61,7 +71,7 @@ def test_settled_study_is_purged_after_its_time(site, state):
     sr_files = 1 if state in (StudyState.DELIVERED, StudyState.DEAD_LETTER) else 0
     counts = purge_expired(store, spool, work, RETENTION, now=_after(31))
     assert counts == PurgeCounts(spool_studies=1, spool_files=2 + sr_files, work_studies=1, work_files=1)
-    assert not (spool / uid).exists() and not (work / uid).exists()
+    assert not (spool / uid).exists() and not (work / uid).exists() and not (spool / REPORTS / uid).exists()
     assert spool.is_dir() and work.is_dir()
     assert all(i.file_missing for i in store.instances_of(store.study(uid)))
     events = _retention_events(store)
@@ -87,10 +97,10 @@ def test_a_not_analysed_report_still_in_the_outbox_keeps_the_study(site):
     delivered yet keeps its files; once delivered, they all go."""
     store, spool, work = site
     uid = _study(store, spool, work, 1, StudyState.QUARANTINED)
-    reports = [f".reports/{uid}/{name}.dcm" for name in ("na", "ki")]
+    reports = [f"{uid}/{name}.dcm" for name in ("na", "ki")]  # keys in the reports store
     for relative in reports:
-        (spool / relative).parent.mkdir(parents=True, exist_ok=True)
-        (spool / relative).write_bytes(b"report")
+        (spool / REPORTS / relative).parent.mkdir(parents=True, exist_ok=True)
+        (spool / REPORTS / relative).write_bytes(b"report")
     with store.session() as s:
         row = Result(study_id=store.study(uid).id, generation=1, kind="not-analysed", reason="pixels-unclean",
                      bundle_sha256="ab" * 32, backbone="efficientnet-lite0", images_scored=0, images_quarantined=2,
@@ -112,7 +122,7 @@ def test_work_copies_go_first_then_spool(site):
     uid = _study(store, spool, work, 1, StudyState.DELIVERED)
     assert purge_expired(store, spool, work, RETENTION, now=_after(0.5)) == PurgeCounts()
     assert purge_expired(store, spool, work, RETENTION, now=_after(2)) == PurgeCounts(work_studies=1, work_files=1)
-    assert not (work / uid).exists() and len(list((spool / uid).rglob("*.dcm"))) == 3
+    assert not (work / uid).exists() and len(list(spool.rglob("*.dcm"))) == 3
     assert purge_expired(store, spool, work, RETENTION, now=_after(31)).spool_files == 3
 
 
@@ -133,7 +143,7 @@ def test_reopened_study_keeps_its_files(site):
     receive(store, uid, count=3, spool=spool)  # a late third instance reopens the study
     assert store.study(uid).state is StudyState.RECEIVING
     assert purge_expired(store, spool, work, RETENTION, now=_after(365)) == PurgeCounts()
-    assert len(list((spool / uid).rglob("*.dcm"))) == 4 and (work / uid).is_dir()
+    assert len(list(spool.rglob("*.dcm"))) == 4 and (work / uid).is_dir()
 
 
 def test_only_indexed_files_leave_the_spool(site):

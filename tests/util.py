@@ -28,12 +28,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def peer_missing(message: str) -> None:
+    """Fail (in CI) or skip (elsewhere): a real peer the test needs is not installed."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_binary(*names: str) -> None:
     """Fail (in CI) or skip (elsewhere) when a real peer program (a name on PATH, or the
     absolute path of a file such as an Orthanc plugin) is missing."""
     missing = [n for n in names if shutil.which(n) is None and not (os.path.isabs(n) and os.path.isfile(n))]
     if missing:
-        message = f"peer programs missing: {', '.join(missing)} (make test installs them as root)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        peer_missing(f"peer programs missing: {', '.join(missing)} (make test installs them as root)")

@@ -12,6 +12,7 @@ and a bad key exits with 2.
 | :mod:`.model` | ``fit``, ``eval``, ``model pull`` |
 | :mod:`.admin` | ``status``, ``studies``, ``resend``, ``route``, ``echo`` |
 | :mod:`.audit` | ``audit export`` |
+| :mod:`.importer` | ``import folder``, ``import s3``, ``import pacs`` |
 | :mod:`.validation` | ``feedback``, ``performance``, ``drift`` |
 | :mod:`.shadow` | ``release`` |
 | :mod:`.users` | ``users add``, ``users passwd``, ``users remove``, ``users list`` |
@@ -24,7 +25,7 @@ import sys
 import click
 
 from sonoshot import __version__
-from sonoshot.cli import admin, audit, deid, model, serve, shadow, users, validation
+from sonoshot.cli import admin, audit, deid, importer, model, serve, shadow, users, validation
 from sonoshot.config import ConfigError
 
 EXIT_CONFIG = 2
@@ -40,7 +41,8 @@ def cli(config_path: str | None) -> None:
 
 for _command in (serve.serve, deid.keygen, deid.anonymize, model.fit, model.eval_, model.model,
                  admin.status, admin.studies, admin.resend, admin.route, admin.echo, audit.audit,
-                 validation.feedback, validation.performance, validation.drift, shadow.release, users.users):
+                 validation.feedback, validation.performance, validation.drift, shadow.release, users.users,
+                 importer.import_):
     cli.add_command(_command)
 
 

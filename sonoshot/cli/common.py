@@ -53,11 +53,18 @@ class Since(click.ParamType):
 
 
 def open_store(ctx: click.Context) -> Store:
-    """The daemon's existing database, read-only use; exits with a message when it is not there."""
+    """The daemon's existing database; exits with a message when it is not there. In cluster mode
+    its jobs go to procrastinate's table (``resend`` and ``import`` defer deliveries and studies)."""
     from sonoshot.db.queries import DatabaseNotReady, open_existing
 
+    config = config_of(ctx)
+    deferrer = None
+    if config.cluster.enabled:
+        from sonoshot.db.cluster import ProcrastinateDeferrer
+
+        deferrer = ProcrastinateDeferrer()
     try:
-        return open_existing(config_of(ctx).database.url)
+        return open_existing(config.database.url, deferrer)
     except DatabaseNotReady as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -36,6 +36,7 @@ from sonoshot.db.store import Store
 from sonoshot.db.validation import UnknownStudy, feedback_of, labelled_results, observations, scanners
 from sonoshot.dicom_io.pixels import UndecodableError, iter_frames
 from sonoshot.dicom_io.spool import Spool
+from sonoshot.objects import Kind, ObjectStore
 from sonoshot.console.auth import allowed, hash_password, needs_rehash, verify_password
 from sonoshot.validation import plots
 from sonoshot.validation.drift import drift_report, load_reference
@@ -48,12 +49,14 @@ _AGES = {"7d": 7, "30d": 30, "90d": 90, "365d": 365}
 
 @dataclass(frozen=True)
 class ConsoleContext:
-    """What the pages read: the daemon's configuration, database, spool and pseudonym key."""
+    """What the pages read: the daemon's configuration, database, spool, pseudonym key and the
+    object store its reports (key images) are in."""
 
     config: Config
     store: Store
     spool: Spool
     key: bytes
+    objects: ObjectStore
 
 
 def load_secret(path: Path) -> bytes:
@@ -201,17 +204,17 @@ def create_app(ctx: ConsoleContext) -> Flask:
             abort(404)
         audit("viewed", uid)
         return render_template("study.html", s=detail, labels=feedback_of(store, uid),
-                               has_key_image=_key_image_path(ctx, detail) is not None)
+                               has_key_image=_key_image_key(ctx, detail) is not None)
 
     @app.get("/studies/<uid>/key-image.png")
     @needs("view")
     def key_image(uid: str):
         detail = views.study_detail(store, uid)
-        path = _key_image_path(ctx, detail) if detail else None
-        if path is None:
+        key = _key_image_key(ctx, detail) if detail else None
+        if key is None:
             abort(404)
         try:
-            png = _render(path)
+            png = _render(ctx.objects.get(Kind.REPORTS, key))
         except (UndecodableError, OSError, ValueError):
             abort(404)
         return Response(png, mimetype="image/png")
@@ -313,18 +316,17 @@ def create_app(ctx: ConsoleContext) -> Flask:
     return app
 
 
-def _key_image_path(ctx: ConsoleContext, detail: views.StudyDetail) -> Path | None:
-    """The key image of the study's latest result that has one, while the spool keeps it."""
+def _key_image_key(ctx: ConsoleContext, detail: views.StudyDetail) -> str | None:
+    """The key image of the study's latest result that has one, while the reports store keeps it."""
     for result in detail.results:  # newest first
         if result.key_image_path:
-            path = ctx.spool.path(result.key_image_path)
-            return path if path.is_file() else None
+            return result.key_image_path if ctx.objects.exists(Kind.REPORTS, result.key_image_path) else None
     return None
 
 
-def _render(path: Path) -> bytes:
+def _render(data: bytes) -> bytes:
     """The key image's pixels as a PNG, at most :data:`KEY_IMAGE_SIDE` pixels a side."""
-    (frame,) = iter_frames(dcmread(path), [0])
+    (frame,) = iter_frames(dcmread(io.BytesIO(data)), [0])
     image = Image.fromarray(frame)
     image.thumbnail((KEY_IMAGE_SIDE, KEY_IMAGE_SIDE))
     buffer = io.BytesIO()

@@ -1,14 +1,17 @@
 """delivery.py
 ===========
 
-The outbox: each destination has its own scheduled job that sends its due results, so a PACS
-that is down or slow never holds up another. A result is its SR and, for a scored study, its
-key image: both go over one association and the delivery succeeds only when both were stored.
-Failures back off exponentially up to a cap; after ``max_attempts`` (or a permanent refusal) a
-delivery becomes ``dead-letter`` until ``sonoshot resend`` puts it back. Every SOP Instance UID
-is deterministic, so a send repeated after a crash (or after half of a result got through)
-files no duplicate in the PACS. A destination in shadow mode (``delivery.mode``) sends nothing:
-its due rows are held until ``sonoshot release`` (:mod:`sonoshot.db.outbox`).
+The outbox's stage: :class:`DeliverStage` sends one claimed delivery (one result to one
+destination). Each destination has its own queue (in process: its own scheduled sweep; in
+cluster mode: its own procrastinate queue), so a PACS that is down or slow never holds up
+another. A result is its SR and, for a scored study, its key image: both go over one
+association and the delivery succeeds only when both were stored. Failures back off
+exponentially up to a cap; after ``max_attempts`` (or a permanent refusal) a delivery becomes
+``dead-letter`` until ``sonoshot resend`` puts it back. Every SOP Instance UID is deterministic,
+so a send repeated after a crash (after half of a result got through, or between the PACS's
+acknowledgement and our commit) files no duplicate in the PACS. A destination in shadow mode
+(``delivery.mode``) sends nothing: its due rows are held until ``sonoshot release``
+(:mod:`sonoshot.db.outbox`).
 """
 
 from __future__ import annotations
@@ -17,15 +20,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from io import BytesIO
 
 from pydicom import dcmread
 
-from sonoshot.config import DeliveryConfig, Destination
+from sonoshot.config import Config, DeliveryConfig, Destination
 from sonoshot.db.lifecycle import OutboxState
 from sonoshot.db.outbox import hold_pending
 from sonoshot.db.store import DeliveryRef, Store
 from sonoshot.dicom_io.send import EchoOutcome, echo, send_datasets
-from sonoshot.dicom_io.spool import Spool
+from sonoshot.objects import Kind, ObjectNotFound, ObjectStore, ObjectStoreError
 
 log = logging.getLogger(__name__)
 
@@ -74,36 +78,55 @@ def backoff_s(attempts: int, delivery: DeliveryConfig) -> float:
     return min(delivery.backoff_initial_s * 2 ** max(attempts - 1, 0), delivery.backoff_max_s)
 
 
-def deliver_due(destination: Destination, store: Store, spool: Spool, delivery: DeliveryConfig,
-                calling_ae_title: str, on_failure: Callable[[str], None] | None = None) -> int:
-    """Send every due result (SR and key image) for ``destination``, or hold them in shadow mode;
-    returns how many were delivered."""
-    if delivery.mode_of(destination) == "shadow":
-        held = hold_pending(store, destination.name)
-        if held:
-            log.info("shadow mode: %d result(s) for %s held, not sent", held, destination.name)
-        return 0
-    delivered = 0
-    for item in store.due_deliveries(destination.name):
-        if _attempt(item, destination, store, spool, delivery, calling_ae_title) is OutboxState.DELIVERED:
-            delivered += 1
-        elif on_failure is not None:
-            on_failure(destination.name)
-    return delivered
+class DeliverStage:
+    """Sends claimed deliveries to the destinations ``config`` names (``config`` is replaced on
+    reload: destinations, modes and retries follow it)."""
 
+    name = "deliver"
 
-def _attempt(item: DeliveryRef, destination: Destination, store: Store, spool: Spool, delivery: DeliveryConfig,
-             calling_ae_title: str) -> OutboxState:
-    attempt = item.attempts + 1
-    paths = [spool.path(p) for p in item.result.paths]
-    if not all(p.is_file() for p in paths):
-        return store.record_attempt(item, False, "no-file", "a report file is missing from the spool", None)
-    outcome = send_datasets(destination, [dcmread(p) for p in paths], calling_ae_title)
-    status = ",".join("none" if s.status is None else f"0x{s.status:04X}" for s in outcome.statuses) or "none"
-    if outcome.delivered:
-        log.info("SR %s delivered to %s (attempt %d)", item.result.sr_sop_instance_uid, destination.name, attempt)
-        return store.record_attempt(item, True, status, None, None)
-    retry = backoff_s(attempt, delivery) if outcome.transient and attempt < delivery.max_attempts else None
-    log.warning("SR %s to %s failed (attempt %d, %s): %s", item.result.sr_sop_instance_uid, destination.name,
-                attempt, "retry in %.0f s" % retry if retry is not None else "dead-letter", outcome.detail)
-    return store.record_attempt(item, False, status, outcome.detail, retry)
+    def __init__(self, config: Config, store: Store, objects: ObjectStore,
+                 on_failure: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.objects = objects
+        self.on_failure = on_failure or (lambda _destination: None)
+
+    def run(self, claim: DeliveryRef) -> None:
+        """Send one result (hold it in shadow mode); the outcome is recorded under the claim's
+        lease (a stale claim records nothing)."""
+        destination = next((d for d in self.config.delivery.destinations if d.name == claim.destination), None)
+        if destination is not None and self.config.delivery.mode_of(destination) == "shadow":
+            held = hold_pending(self.store, destination.name)
+            if held:
+                log.info("shadow mode: %d result(s) for %s held, not sent", held, destination.name)
+            return
+        outcome = self._attempt(claim, destination)
+        if outcome is None:
+            log.info("delivery %d: outcome dropped, the claim moved on (taken over after a stall)", claim.id)
+        elif outcome is not OutboxState.DELIVERED:
+            self.on_failure(claim.destination)
+
+    def _attempt(self, item: DeliveryRef, destination: Destination | None) -> OutboxState | None:
+        attempt = item.attempts + 1
+        delivery = self.config.delivery
+        if destination is None:
+            return self.store.record_attempt(item, False, "no-destination",
+                                             f"destination {item.destination!r} is not configured here", None)
+        try:
+            documents = [dcmread(BytesIO(self.objects.get(Kind.REPORTS, key))) for key in item.result.paths]
+        except ObjectNotFound:
+            return self.store.record_attempt(item, False, "no-file", "a report is missing from the reports store",
+                                             None)
+        except ObjectStoreError as exc:  # the store is down: an attempt like a PACS that is down
+            retry = backoff_s(attempt, delivery) if attempt < delivery.max_attempts else None
+            return self.store.record_attempt(item, False, "no-store", str(exc), retry)
+        outcome = send_datasets(destination, documents, self.config.network.ae_title)
+        status = ",".join("none" if s.status is None else f"0x{s.status:04X}" for s in outcome.statuses) or "none"
+        if outcome.delivered:
+            log.info("SR %s delivered to %s (attempt %d)", item.result.sr_sop_instance_uid, destination.name, attempt)
+            return self.store.record_attempt(item, True, status, None, None)
+        retry = backoff_s(attempt, delivery) \
+            if outcome.transient and attempt < delivery.max_attempts else None
+        log.warning("SR %s to %s failed (attempt %d, %s): %s", item.result.sr_sop_instance_uid, destination.name,
+                    attempt, "retry in %.0f s" % retry if retry is not None else "dead-letter", outcome.detail)
+        return self.store.record_attempt(item, False, status, outcome.detail, retry)

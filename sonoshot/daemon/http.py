@@ -44,6 +44,7 @@ from prometheus_client.exposition import choose_encoder
 from sonoshot.config import HttpConfig
 from sonoshot.db import queries
 from sonoshot.db.store import Store
+from sonoshot.objects import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,14 @@ def scp_check(get_server: Callable[[], socketserver.BaseServer | None]) -> Check
             return False, "the storage SCP's socket is closed"
         host, port = server.server_address[:2]
         return True, f"listening on {host}:{port}"
+    return check
+
+
+def objects_check(objects: ObjectStore) -> Check:
+    """Passes when every bucket (or folder) of the object store answers."""
+    def check() -> tuple[bool, str]:
+        objects.check()
+        return True, objects.describe()
     return check
 
 

@@ -1,8 +1,9 @@
 """jobs.py
 =======
 
-Scheduled work, driven by APScheduler: the completion sweep, and restart recovery (spool files
-without a row are indexed, rows without a file flagged, interrupted studies requeued).
+Periodic work and restart recovery: the completion sweep; recovery of the whole pipeline in one
+process (spool files without a row are indexed, rows without a file flagged, interrupted
+studies requeued) or of one cluster receiver (its local spool and its own associations only).
 """
 
 from __future__ import annotations
@@ -28,11 +29,16 @@ def sweep_completion(store: Store, completion: CompletionConfig) -> int:
     return len(done)
 
 
-def index_orphans(spool: Spool, store: Store) -> int:
-    """Index spool files that have no database row (a crash between rename and insert)."""
-    known = store.known_paths()
+def index_orphans(spool: Spool, store: Store, pending_upload: str | None = None) -> int:
+    """Index spool files that have no database row (a crash between rename and insert).
+
+    ``pending_upload`` names the cluster receiver whose local spool this is: its orphans are
+    indexed as waiting for upload, and one another receiver indexed meanwhile is dropped.
+    """
+    local = spool.stored_files()
+    known = store.known_paths(local)
     indexed = 0
-    for relative in spool.stored_files():
+    for relative in local:
         if relative in known:
             continue
         path = spool.path(relative)
@@ -45,18 +51,32 @@ def index_orphans(spool: Spool, store: Store) -> int:
         if expected != relative:
             log.error("spool file %s does not match its own UIDs; left in place", relative)
             continue
-        store.record_instance(NewInstance(
+        new = store.record_instance(NewInstance(
             sop_instance_uid=ds.SOPInstanceUID, study_instance_uid=ds.StudyInstanceUID,
             series_instance_uid=ds.SeriesInstanceUID, sop_class_uid=ds.SOPClassUID,
             transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, modality=ds.get("Modality"), path=relative,
-            size_bytes=path.stat().st_size))
-        indexed += 1
+            size_bytes=path.stat().st_size, pending_upload=pending_upload))
+        if new:
+            indexed += 1
+        elif pending_upload is not None:
+            path.unlink()  # another receiver has it: our copy was never acknowledged
     return indexed
 
 
 def recover(spool: Spool, store: Store) -> dict[str, int]:
-    """Bring spool and database back in step after a crash or restart."""
+    """Bring spool and database back in step after a crash or restart (one process, embedded)."""
     counts = {"partial_files_discarded": spool.discard_incomplete(), "files_indexed": index_orphans(spool, store)}
     counts |= store.recover_after_restart(spool.root)
     log.info("recovery: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
+    return counts
+
+
+def recover_receiver(spool: Spool, store: Store, node: str) -> dict[str, int]:
+    """A cluster receiver restarts: discard partial files, index its orphans for upload, close the
+    associations it left open. Its peers' associations and the workers' studies are not its to
+    touch (stalled jobs are taken over by the workers' periodic ``takeover`` job)."""
+    counts = {"partial_files_discarded": spool.discard_incomplete(),
+              "files_indexed": index_orphans(spool, store, pending_upload=node),
+              "associations_interrupted": store.close_node_associations(node)}
+    log.info("recovery of receiver %s: %s", node, ", ".join(f"{k}={v}" for k, v in counts.items()))
     return counts

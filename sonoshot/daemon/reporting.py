@@ -3,8 +3,10 @@
 
 From a study's outcome to the documents that go back into it: the stage after detection. The
 documents are built from the received originals (patient and study) and, for the key image,
-the de-identified frame the detector scored; they are written to the spool's reports folder and
-recorded as one result with its outbox rows, all through :class:`~sonoshot.db.store.Store`.
+the de-identified frame the detector scored; they are written to the reports store under the
+claim's attempt (:func:`sonoshot.objects.report_key`) and recorded as one result with its outbox
+rows, all through :class:`~sonoshot.db.store.Store`. A claim that lost the study meanwhile (the
+store refuses its result) deletes the documents it wrote.
 
 * :func:`report_scored`: at least one instance was scored. The SR (with a TID 1410 region for
   each anomalous area of each flagged frame, up to ``report.max_regions`` per frame) and, when
@@ -43,8 +45,8 @@ from sonoshot.dicom_io.pixels import iter_frames
 from sonoshot.dicom_io.regions import anomaly_regions
 from sonoshot.dicom_io.report import (ImageScoreRef, PredecessorRef, QuarantinedRef, RegionRef, StudyResult,
                                       VerdictValues, build_report, report_sop_instance_uid)
-from sonoshot.dicom_io.spool import Spool
 from sonoshot.model import Detector, FrameMap, ImageScore
+from sonoshot.objects import Kind, ObjectStore, report_key
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +107,27 @@ def _encode(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def _predecessor(store: Store, spool: Spool, study: StudyRef, new_uid: str) -> PredecessorRef | None:
+def _predecessor(store: Store, objects: ObjectStore, study: StudyRef, new_uid: str) -> PredecessorRef | None:
     """The study's last report when the new one differs from it (the same result again
-    supersedes nothing) and its file is still in the spool."""
+    supersedes nothing) and it is still in the reports store."""
     previous = store.latest_result(study)
-    if previous is None or previous.sr_sop_instance_uid == new_uid or not spool.path(previous.sr_path).is_file():
+    if previous is None or previous.sr_sop_instance_uid == new_uid or \
+            not objects.exists(Kind.REPORTS, previous.sr_path):
         return None
-    return PredecessorRef.from_dataset(dcmread(spool.path(previous.sr_path), stop_before_pixels=True))
+    with objects.local_file(Kind.REPORTS, previous.sr_path) as path:
+        return PredecessorRef.from_dataset(dcmread(path, stop_before_pixels=True))
+
+
+def _record(store: Store, objects: ObjectStore, study: StudyRef, new: NewResult, destinations: list[str],
+            to_state: StudyState = StudyState.REPORTED, detail: str | None = None) -> NewResult | None:
+    """Record ``new``; when the claim is stale, delete the documents it wrote (nobody else refers to
+    its attempt's keys) and return None."""
+    if store.add_result(study, new, destinations, to_state, detail) is not None:
+        return new
+    log.info("study %s: result dropped, the claim moved on (reopened, or taken over after a stall)",
+             study.study_instance_uid)
+    objects.delete(Kind.REPORTS, [new.sr_path] + ([new.key_image_path] if new.key_image_path else []))
+    return None
 
 
 def _is_multiframe(header: Dataset) -> bool:
@@ -145,9 +161,9 @@ def _caption(result: StudyResult, frame_map: FrameMap, header: Dataset) -> list[
     return lines
 
 
-def _key_image(spool: Spool, result: StudyResult, sr: Dataset, scored: Sequence[ScoredInstance],
-               regions: dict[tuple[str, int], tuple[RegionRef, ...]], headers: dict[str, Dataset]
-               ) -> tuple[str, str] | None:
+def _key_image(objects: ObjectStore, attempt: int, result: StudyResult, sr: Dataset,
+               scored: Sequence[ScoredInstance], regions: dict[tuple[str, int], tuple[RegionRef, ...]],
+               headers: dict[str, Dataset]) -> tuple[str, str] | None:
     """Write the key image of the most anomalous scored frame; its (SOP Instance UID, path)."""
     candidates = [(m.score, s, m) for s in scored for m in s.image.maps]
     if not candidates:
@@ -162,18 +178,18 @@ def _key_image(spool: Spool, result: StudyResult, sr: Dataset, scored: Sequence[
                             key_image_series_instance_uid(result.study_instance_uid, result.bundle_sha256),
                             int(sr.InstanceNumber), frame_map.frame + 1 if _is_multiframe(header) else None,
                             result.algorithm_name)
-    relative = spool.report_path(result.study_instance_uid, uid)
-    spool.put(relative, _encode(image))
+    relative = report_key(result.study_instance_uid, uid, attempt)
+    objects.put(Kind.REPORTS, relative, _encode(image))
     return uid, relative
 
 
-def report_scored(config: Config, store: Store, spool: Spool, study: StudyRef, detector: Detector,
+def report_scored(config: Config, store: Store, objects: ObjectStore, study: StudyRef, detector: Detector,
                   scored: Sequence[ScoredInstance], excluded: Sequence[Excluded], headers: dict[str, Dataset],
                   timings: dict[str, float]) -> NewResult | None:
     """Build, write and record the scored report (and key image) of a claimed study.
 
     ``timings`` gains ``regions``, ``report`` and ``key-image`` (seconds). Returns the result,
-    or None when a late instance reopened the study meanwhile (its next generation redoes it).
+    or None when a late instance reopened the study, or another claim took it over, meanwhile.
     """
     started = time.perf_counter()
     score = detector.study_score([s.image for s in scored])
@@ -195,15 +211,15 @@ def report_scored(config: Config, store: Store, spool: Spool, study: StudyRef, d
         image_scores=images, quarantined=[QuarantinedRef(e.original.sop_instance_uid, e.detail) for e in excluded],
         bundle_sha256=detector.bundle_sha256 or detector.backbone_sha256, backbone=detector.backbone_name,
         algorithm_name=detector.name, algorithm_version=detector.version, description=detector.description)
-    predecessor = _predecessor(store, spool, study, report_sop_instance_uid(result))
+    predecessor = _predecessor(store, objects, study, report_sop_instance_uid(result))
     sr = build_report([headers[s.original.sop_instance_uid] for s in scored], result, predecessor)
-    relative = spool.report_path(study.study_instance_uid, sr.SOPInstanceUID)
-    spool.put(relative, _encode(sr))
+    relative = report_key(study.study_instance_uid, sr.SOPInstanceUID, study.lease)
+    objects.put(Kind.REPORTS, relative, _encode(sr))
     timings["report"] = time.perf_counter() - started
     key_image = None
     if config.report.key_image:
         started = time.perf_counter()
-        key_image = _key_image(spool, result, sr, scored, regions, headers)
+        key_image = _key_image(objects, study.lease, result, sr, scored, regions, headers)
         timings["key-image"] = time.perf_counter() - started
     new = NewResult(score=score, verdict=verdict.value, threshold=threshold, bundle_sha256=result.bundle_sha256,
                     backbone=result.backbone, images_scored=len(scored), images_quarantined=len(excluded),
@@ -211,15 +227,11 @@ def report_scored(config: Config, store: Store, spool: Spool, study: StudyRef, d
                     predecessor_sr_uid=predecessor.sop_instance_uid if predecessor else None, timings=timings,
                     key_image_sop_instance_uid=key_image[0] if key_image else None,
                     key_image_path=key_image[1] if key_image else None)
-    destinations = [d.name for d in config.delivery.destinations]
-    if store.add_result(study, new, destinations) is None:
-        log.info("study %s was reopened while processing; its next generation supersedes this result",
-                 study.study_instance_uid)
-        return None
-    return new
+    return _record(store, objects, study, new, [d.name for d in config.delivery.destinations])
 
 
-def report_not_analysed(config: Config, store: Store, spool: Spool, study: StudyRef, detector: Detector | None,
+def report_not_analysed(config: Config, store: Store, objects: ObjectStore, study: StudyRef,
+                        detector: Detector | None,
                         excluded: Sequence[Excluded], headers: dict[str, Dataset], to_state: StudyState,
                         detail: str) -> NewResult | None:
     """Move a claimed study that was not analysed to ``to_state`` and, when
@@ -227,7 +239,7 @@ def report_not_analysed(config: Config, store: Store, spool: Spool, study: Study
     could be read (``headers``).
 
     Returns the result, or None when no report was made (switched off, no readable instance,
-    or a late instance reopened the study meanwhile).
+    or a late instance reopened the study or another claim took it over meanwhile).
     """
     instances = [NotAnalysedRef(e.original.sop_class_uid, e.original.sop_instance_uid,
                                 e.original.series_instance_uid, e.reason, e.detail[:1024])
@@ -242,19 +254,17 @@ def report_not_analysed(config: Config, store: Store, spool: Spool, study: Study
         algorithm_version=detector.version if detector else __version__,
         bundle_sha256=detector.bundle_sha256 if detector else "",
         description=detector.description if detector else "")
-    predecessor = _predecessor(store, spool, study, not_analysed_sop_instance_uid(result))
+    predecessor = _predecessor(store, objects, study, not_analysed_sop_instance_uid(result))
     sr = build_not_analysed_report([headers[i.sop_instance_uid] for i in instances], result, predecessor)
-    relative = spool.report_path(study.study_instance_uid, sr.SOPInstanceUID)
-    spool.put(relative, _encode(sr))
+    relative = report_key(study.study_instance_uid, sr.SOPInstanceUID, study.lease)
+    objects.put(Kind.REPORTS, relative, _encode(sr))
     new = NewResult(score=None, verdict=None, threshold=None, bundle_sha256=result.bundle_sha256,
                     backbone=detector.backbone_name if detector else "", images_scored=0,
                     images_quarantined=len(instances), sr_sop_instance_uid=sr.SOPInstanceUID, sr_path=relative,
                     predecessor_sr_uid=predecessor.sop_instance_uid if predecessor else None,
                     timings={"report": time.perf_counter() - started}, kind=NOT_ANALYSED,
                     reason=result.reason.value)
-    if store.add_result(study, new, [d.name for d in config.delivery.destinations], to_state, detail) is None:
-        log.info("study %s was reopened while processing; its next generation supersedes this result",
-                 study.study_instance_uid)
+    if _record(store, objects, study, new, [d.name for d in config.delivery.destinations], to_state, detail) is None:
         return None
     log.info("study %s not analysed (%s): SR %s", study.study_instance_uid, result.reason.value, sr.SOPInstanceUID)
     return new

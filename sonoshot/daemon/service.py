@@ -1,9 +1,18 @@
 """service.py
 ==========
 
-Wiring, start, reload, drain and stop. The database is the only state the stages share; the
-service owns the threads: pynetdicom's server, the APScheduler jobs (completion sweep, one
-outbox job per destination, retention), the study workers and the health/metrics server.
+Wiring, start, reload, drain and stop of one sonoshot process in one *role*:
+
+| role | runs | needs to reach |
+|---|---|---|
+| ``all`` | everything below in one process (the embedded default: SQLite, spool, in-process pool) | |
+| ``receiver`` | the storage SCP; uploads from its local spool to the object store | PostgreSQL, object store |
+| ``worker`` | the ``deid``, ``detect``, ``archive`` and ``archive-detect`` queues (``--queues``), the periodic jobs | PostgreSQL, object store |
+| ``deliverer`` | one ``deliver-<destination>`` queue per destination | PostgreSQL, object store, PACS |
+
+The database is the only state the stages share; the service owns the threads: pynetdicom's
+server, the uploader, the carrier (:mod:`sonoshot.daemon.stages` in process,
+:mod:`sonoshot.daemon.cluster` across processes) and the health/metrics server.
 """
 
 from __future__ import annotations
@@ -11,10 +20,10 @@ from __future__ import annotations
 import functools
 import gc
 import logging
-import os
 import signal
+import socket
 import threading
-from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import pydicom
@@ -22,31 +31,90 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 from pynetdicom import _config as pynetdicom_config
 
-from sonoshot.config import Config, load_config
-from sonoshot.daemon import http, jobs, retention
-from sonoshot.daemon.delivery import DestinationEcho, deliver_due
+from sonoshot.config import Config, ConfigError, load_config
+from sonoshot.daemon import ROLES, http, jobs, retention
+from sonoshot.daemon.delivery import DeliverStage, DestinationEcho
 from sonoshot.daemon.metrics import Metrics
+from sonoshot.daemon.stages import WORKER_NICE, Carrier, InProcessCarrier, Periodic, Stage
+from sonoshot.daemon.uploader import Uploader
 from sonoshot.daemon.watch import DriftCollector, DriftWatch
-from sonoshot.daemon.worker import DetectorSlot, StudyWorker
+from sonoshot.daemon.worker import DeidStage, DetectorSlot, DetectStage
 from sonoshot.db.lifecycle import StudyState
 from sonoshot.db.store import Store
-from sonoshot.dicom_io.deid import DeidKeyError, DeidPolicy, load_key, ocr, patient_pseudonym
+from sonoshot.db.work import ARCHIVE_DETECT_QUEUE, ARCHIVE_QUEUE, WakeDeferrer, delivery_queue
+from sonoshot.dicom_io.deid import DeidKeyError, load_key, ocr, patient_pseudonym
 from sonoshot.dicom_io.receive import Receiver, start_scp
 from sonoshot.dicom_io.spool import Spool
 from sonoshot.logs import configure_logging
 from sonoshot.model import load_detector
 from sonoshot.model.batching import SharedScorer
 from sonoshot.model.runtime import apply_threads
+from sonoshot.objects import ObjectStore, open_object_store
 
 log = logging.getLogger(__name__)
 
+#: The queues a worker takes by default.
+WORKER_QUEUES = ("deid", "detect", ARCHIVE_QUEUE, ARCHIVE_DETECT_QUEUE)
 
-def start_console(config: Config, store: Store, spool: Spool, key: bytes):
+
+@dataclass(frozen=True)
+class Plan:
+    """What one process runs: the SCP or not, and which stage queues."""
+
+    receiver: bool
+    queues: tuple[str, ...]
+    deliver: bool = False  # all in one process, or a deliverer: destinations follow the configuration
+
+    @property
+    def deid(self) -> bool:
+        return "deid" in self.queues or ARCHIVE_QUEUE in self.queues
+
+    @property
+    def detect(self) -> bool:
+        return "detect" in self.queues or ARCHIVE_DETECT_QUEUE in self.queues
+
+    def destinations(self, config: Config) -> list[str]:
+        return [d.name for d in config.delivery.destinations if delivery_queue(d.name) in self.queues]
+
+
+def plan(config: Config, role: str, queues: tuple[str, ...] = ()) -> Plan:
+    """The :class:`Plan` for ``role`` (and ``--queues``) under ``config``.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``--role`` or ``--queues`` when the role needs cluster mode or a queue is unknown.
+    """
+    if role not in ROLES:
+        raise ConfigError("--role", f"expected one of {', '.join(ROLES)}, got {role!r}")
+    every_queue = (*WORKER_QUEUES, *(delivery_queue(d.name) for d in config.delivery.destinations))
+    if role != "all" and not config.cluster.enabled:
+        raise ConfigError("--role", f"role '{role}' needs cluster mode ([cluster] enabled = true)")
+    if queues and role not in ("worker", "deliverer"):
+        raise ConfigError("--queues", "only a worker or a deliverer takes --queues")
+    for queue in queues:
+        if queue not in every_queue:
+            raise ConfigError("--queues", f"unknown queue {queue!r}; expected some of {', '.join(every_queue)}")
+    if role == "receiver":
+        return Plan(True, ())
+    if role == "worker":
+        return Plan(False, queues or WORKER_QUEUES)
+    if role == "deliverer":
+        return Plan(False, queues or every_queue[len(WORKER_QUEUES):], deliver=True)
+    return Plan(True, every_queue, deliver=True)
+
+
+def node_name(config: Config) -> str:
+    """This process's name in the database (associations, pending uploads)."""
+    return config.cluster.node_name or f"{socket.gethostname()}:{config.network.port}"
+
+
+def start_console(config: Config, store: Store, spool: Spool, key: bytes, objects: ObjectStore):
     """The web console on its own port (``console.*``), served from a background thread."""
     from sonoshot.console.app import ConsoleContext, create_app
     from sonoshot.console.server import ConsoleServer
 
-    return ConsoleServer(config.console, create_app(ConsoleContext(config, store, spool, key))).start()
+    return ConsoleServer(config.console, create_app(ConsoleContext(config, store, spool, key, objects))).start()
 
 
 class Service:
@@ -54,32 +122,73 @@ class Service:
 
     Raises
     ------
+    sonoshot.config.ConfigError
+        At construction, for a role or queue the configuration does not allow.
     sonoshot.dicom_io.deid.DeidKeyError
         At construction, if the pseudonym key is missing or shorter than 32 bytes.
     """
 
-    def __init__(self, config: Config, config_path: str | None = None) -> None:
+    def __init__(self, config: Config, config_path: str | None = None, role: str = "all",
+                 queues: tuple[str, ...] = ()) -> None:
         self.config = config
         self.config_path = config_path
-        self.key = load_key(config.deid.key_file)  # refuse to start without a usable key
-        if config.deid.ocr:
+        self.plan = plan(config, role, queues)
+        self.cluster = config.cluster.enabled
+        self.node = node_name(config)
+        needs_key = self.plan.receiver or self.plan.deid
+        self.key = load_key(config.deid.key_file) if needs_key else b""  # refuse to start without a usable key
+        if config.deid.ocr and self.plan.deid:
             ocr.self_test(config.deid.ocr_min_score)  # the verifier's positive control
-        self.store = Store(config.database.url)
+        if self.cluster:
+            from sonoshot.db.cluster import ProcrastinateDeferrer
+
+            self.deferrer = ProcrastinateDeferrer()
+        else:
+            self.deferrer = WakeDeferrer()
+        self.store = Store(config.database.url, self.deferrer)
+        self.objects = open_object_store(config)
         self.spool = Spool(config.storage.spool_dir, config.storage.fsync)
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry, self.store, config.storage.spool_dir,
                                [d.name for d in config.delivery.destinations])
         self.drift = DriftWatch(self.store, lambda: self.config)
         self.registry.register(DriftCollector(self.drift))
-        self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self.detectors = DetectorSlot()
+        # one scoring thread shared by the workers, so their studies share the backbone's batches
+        self.scorer = SharedScorer(config.workers.batch_wait_s) if config.workers.count > 1 and self.plan.detect \
+            else None
+        self.stages = self._stages()
+        self.carrier: Carrier | None = None
+        self.probes = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
+        self.uploader = Uploader(self.store, self.spool, self.objects, self.node, config.objects.upload_retry_max_s) \
+            if self.cluster and self.plan.receiver else None
         self.server = None
         self.http: http.OpsServer | None = None
         self.console = None
-        self.stop_workers = threading.Event()
-        self.workers: list[StudyWorker] = []
-        self.scorer = SharedScorer(config.workers.batch_wait_s) if config.workers.count > 1 else None
         self.threads: list[threading.Thread] = []
+        self.stopping = threading.Event()
+
+    def _stages(self) -> dict[str, Stage]:
+        config = self.config
+        stages: dict[str, Stage] = {}
+        if self.plan.deid:
+            stages["deid"] = DeidStage(config, self.store, self.objects, self.key, self.detectors)
+        if self.plan.detect:
+            stages["detect"] = DetectStage(config, self.store, self.objects, self.detectors,
+                                           self.metrics.observe_stage, self.scorer)
+        if self.plan.deliver:
+            stages["deliver"] = DeliverStage(config, self.store, self.objects, self.metrics.delivery_failed)
+        return stages
+
+    def _periodic(self) -> list[Periodic]:
+        config = self.config
+        return [
+            Periodic("completion", config.completion.sweep_interval_s,
+                     functools.partial(jobs.sweep_completion, self.store, config.completion)),
+            Periodic("retention", retention.INTERVAL_S,
+                     functools.partial(retention.purge_expired, self.store, self.objects, config.retention)),
+            Periodic("drift", config.validation.drift_interval_s, self.drift.run, at_start=True),
+        ]
 
     def start(self) -> None:
         # Stored exactly as received: devices write invalid values, which must not stop us reading.
@@ -88,62 +197,94 @@ class Service:
         # the receiving threads; sonoshot logs associations and refusals itself.
         pynetdicom_config.LOG_HANDLER_LEVEL = "none"
         self.store.migrate()
-        jobs.recover(self.spool, self.store)
-        log.info("torch: %d intra-op threads", apply_threads(self.config.detector.threads))
-        self.load_detector()
+        if self.cluster:
+            from sonoshot.db.cluster import apply_schema
+
+            if apply_schema(self.store.engine):
+                log.info("procrastinate's schema created")
         config = self.config
-        self.scheduler.add_job(jobs.sweep_completion, "interval", args=[self.store, config.completion],
-                               seconds=config.completion.sweep_interval_s, id="completion")
-        self.schedule_deliveries(config)
-        self.scheduler.add_job(retention.purge_expired, "interval", seconds=retention.INTERVAL_S, id="retention",
-                               args=[self.store, config.storage.spool_dir, config.storage.work_dir, config.retention])
+        if self.plan.receiver:
+            if self.uploader is not None:
+                jobs.recover_receiver(self.spool, self.store, self.node)
+                self.uploader.drop_uploaded_leftovers()
+            else:
+                jobs.recover(self.spool, self.store)
+        if self.plan.deid or self.plan.detect:  # de-identification checks each instance against its scope
+            log.info("torch: %d intra-op threads", apply_threads(config.detector.threads))
+            self.load_detector()
+        self._start_carrier()
         echoes = [DestinationEcho(d, config.network.ae_title, config.http.echo_interval_s)
-                  for d in config.delivery.destinations]
-        for probe in echoes:
-            self.scheduler.add_job(probe.probe, "interval", seconds=config.http.echo_interval_s,
-                                   id=f"echo-{probe.destination.name}", next_run_time=datetime.now(timezone.utc))
-        self.scheduler.add_job(self.drift.run, "interval", seconds=config.validation.drift_interval_s, id="drift",
-                               next_run_time=datetime.now(timezone.utc))
-        self.scheduler.start()
-        for n in range(config.workers.count):
-            worker = StudyWorker(config, self.store, self.spool, self.key, self.detectors, self.metrics.observe_stage,
-                                 self.scorer)
-            thread = threading.Thread(target=_below_the_receiver, args=[worker.run, self.stop_workers],
-                                      name=f"worker-{n}", daemon=True)
+                  for d in config.delivery.destinations if d.name in self.plan.destinations(config)]
+        for probe in echoes:  # each process probes what it sends to, for its own /readyz
+            self.probes.add_job(probe.probe, "interval", seconds=config.http.echo_interval_s,
+                                id=f"echo-{probe.destination.name}", next_run_time=datetime.now(timezone.utc))
+        self.probes.start()
+        if self.uploader is not None:
+            thread = threading.Thread(target=self.uploader.run, args=[self.stopping], name="uploader", daemon=True)
             thread.start()
-            self.workers.append(worker)
             self.threads.append(thread)
-        receiver = Receiver(self.spool, self.store, config.storage.min_free_mb,
-                            functools.partial(patient_pseudonym, self.key), self.metrics.instance_received,
-                            self.metrics.connection_refused)
-        self.server = start_scp(config.network, receiver)
-        self.metrics.pending_connections.set_function(self.server.gate.pending)
+        if self.plan.receiver:
+            receiver = Receiver(self.spool, self.store, config.storage.min_free_mb,
+                                functools.partial(patient_pseudonym, self.key), self.metrics.instance_received,
+                                count_refusal=self.metrics.connection_refused,
+                                node=self.node if self.cluster else None,
+                                on_stored=self.uploader.stored if self.uploader else None)
+            self.server = start_scp(config.network, receiver)
+            self.metrics.pending_connections.set_function(self.server.gate.pending)
         if config.http.enabled:
-            self.http = http.start_http(config.http, {
-                "database": http.database_check(self.store),
-                "disk": http.disk_check(config.storage.spool_dir, config.storage.min_free_mb),
-                "scp": http.scp_check(lambda: self.server),
-            }, self.registry, ready={
-                "detector": http.detector_check(self.describe_detector),
-                "ocr": http.ocr_check(config.deid.ocr),
-                **{f"destination:{probe.destination.name}": probe.check for probe in echoes},
-            })
-        if config.console.enabled:
-            self.console = start_console(config, self.store, self.spool, self.key)
+            live, ready = self._checks(echoes)
+            self.http = http.start_http(config.http, live, self.registry, ready=ready)
+        if config.console.enabled and self.plan.receiver and not self.cluster:
+            self.console = start_console(config, self.store, self.spool, self.key, self.objects)
         # Start-up objects (torch, the model, the SQLAlchemy metadata) live as long as the process:
         # keep them out of full garbage collections, which would otherwise stop every thread for
         # 0.4 s or more at a time (the receiver's included).
         gc.collect()
         gc.freeze()
-        self.store.record_event("service", "started")
+        self.store.record_event("service", "started", detail={"role": self.role_text, "node": self.node})
 
-    def schedule_deliveries(self, config: Config) -> None:
-        """One outbox job per destination, (re)scheduled with ``config``'s delivery mode and settings."""
-        for destination in config.delivery.destinations:
-            self.scheduler.add_job(
-                deliver_due, "interval", seconds=config.delivery.sweep_interval_s, id=f"deliver-{destination.name}",
-                args=[destination, self.store, self.spool, config.delivery, config.network.ae_title,
-                      self.metrics.delivery_failed], replace_existing=True)
+    def _start_carrier(self) -> None:
+        if not self.plan.queues:  # a cluster receiver: the workers run the periodic jobs
+            return
+        config = self.config
+        if self.cluster:
+            from sonoshot.daemon.cluster import ProcrastinateCarrier
+
+            stage_queues = [q for q in self.plan.queues if not q.startswith("deliver-")]
+            groups = [stage_queues, *([q] for q in self.plan.queues if q.startswith("deliver-"))]
+            periodic = self._periodic() if self.plan.deid or self.plan.detect else []  # workers only
+            self.carrier = ProcrastinateCarrier(config.database.url, config.cluster, self.store, self.stages,
+                                                periodic, groups, config.workers.count, self.node)
+        else:
+            assert isinstance(self.deferrer, WakeDeferrer)
+            self.carrier = InProcessCarrier(self.store, self.deferrer, self.stages, self._periodic(),
+                                            config.workers.count, self.plan.destinations(config),
+                                            config.delivery.sweep_interval_s,
+                                            nice=WORKER_NICE if self.plan.receiver else 0)
+        self.carrier.start()
+
+    def _checks(self, echoes: list[DestinationEcho]) -> tuple[dict[str, http.Check], dict[str, http.Check]]:
+        """What /livez checks (the process can do its work at all) and what /readyz adds (what its
+        work needs: the detector, OCR, the destinations it sends to)."""
+        config = self.config
+        live = {"database": http.database_check(self.store)}
+        if self.plan.receiver:
+            live["disk"] = http.disk_check(config.storage.spool_dir, config.storage.min_free_mb)
+            live["scp"] = http.scp_check(lambda: self.server)
+        if self.cluster:
+            live["objects"] = http.objects_check(self.objects)
+        ready: dict[str, http.Check] = {}
+        if self.plan.detect:
+            ready["detector"] = http.detector_check(self.describe_detector)
+        if self.plan.deid:
+            ready["ocr"] = http.ocr_check(config.deid.ocr)
+        ready |= {f"destination:{probe.destination.name}": probe.check for probe in echoes}
+        return live, ready
+
+    @property
+    def role_text(self) -> str:
+        """What this process runs, for logs and the audit: ``receiver deid,detect,...``."""
+        return " ".join(filter(None, ("receiver" if self.plan.receiver else "", ",".join(self.plan.queues))))
 
     def describe_detector(self) -> str | None:
         detector = self.detectors.get()
@@ -164,8 +305,8 @@ class Service:
                 log.info("%d studies awaiting a detector requeued", requeued)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config file's routing rules, delivery modes, report settings and detector
-        bundle.
+        """SIGHUP: re-read the config file's routing rules, de-identification, delivery modes, report
+        settings and detector bundle.
 
         Studies that a changed setting might now decide differently are processed again:
         ``quarantined`` ones when the de-identification settings changed, ``out-of-scope`` ones
@@ -174,36 +315,43 @@ class Service:
         try:
             fresh = load_config(self.config_path) if self.config_path else self.config
             previous, self.config = self.config, fresh
-            for worker in self.workers:
-                worker.config = fresh
-                worker.policy = DeidPolicy.from_config(fresh.deid)
-            self.schedule_deliveries(fresh)  # delivery.mode: shadow <-> send without a restart
-            self.load_detector()
-            requeue = [(StudyState.QUARANTINED, fresh.deid != previous.deid),
-                       (StudyState.OUT_OF_SCOPE, fresh.detector != previous.detector)]
-            for state, changed in requeue:
-                count = self.store.requeue_for_reload(state) if changed else 0
-                if count:
-                    log.info("%d %s studies requeued after the reload", count, state.value)
+            for stage in self.stages.values():
+                if hasattr(stage, "config"):  # routing, de-identification, report and delivery settings
+                    stage.config = fresh
+            if isinstance(self.carrier, InProcessCarrier):
+                self.carrier.sweep_destinations(self.plan.destinations(fresh))
+            if self.plan.deid or self.plan.detect:
+                self.load_detector()
+                requeue = [(StudyState.QUARANTINED, fresh.deid != previous.deid),
+                           (StudyState.OUT_OF_SCOPE, fresh.detector != previous.detector)]
+                for state, changed in requeue:
+                    count = self.store.requeue_for_reload(state) if changed else 0
+                    if count:
+                        log.info("%d %s studies requeued after the reload", count, state.value)
             self.store.record_event("service", "reloaded")
         except Exception as exc:  # a bad reload keeps the running configuration
             log.error("reload failed, keeping the running configuration: %s", exc)
 
     def stop(self) -> None:
         """Drain: stop accepting associations, let those in flight finish, finish the studies in
-        hand (a study cut short stays ``processing`` and is requeued at the next start), stop
-        the jobs, then close the database. /livez and /readyz answer until the very end."""
+        hand (a study cut short is taken up again: at the next start, or by another worker),
+        stop the uploader and the jobs, then close the database. /livez and /readyz answer until
+        the very end."""
         if self.server is not None:
             self.server.shutdown()
             self.server = None
-        self.stop_workers.set()
+        self.stopping.set()
+        if self.uploader is not None:
+            self.uploader.wakeup.set()
         for thread in self.threads:
             thread.join(timeout=120)
+        if self.carrier is not None:
+            self.carrier.stop()
         if self.scorer is not None:
             self.scorer.close()
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=True)
-        self.store.record_event("service", "stopped")
+        if self.probes.running:
+            self.probes.shutdown(wait=True)
+        self.store.record_event("service", "stopped", detail={"node": self.node})
         if self.console is not None:
             self.console.stop()
             self.console = None
@@ -213,25 +361,12 @@ class Service:
         self.store.dispose()
 
 
-#: How much lower than the receiver's threads the study workers run (Linux nice increment): on a
-#: small machine de-identification, OCR and the model must not slow the acknowledgement of
-#: instances. Threads that a worker starts (torch's, tesseract's process) inherit it.
-WORKER_NICE = 10
-
-
-def _below_the_receiver(run: Callable[[threading.Event], None], stop: threading.Event) -> None:
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)  # this thread only (Linux)
-    except OSError as exc:  # not permitted by a seccomp filter, say: run at the receiver's priority
-        log.warning("study workers run at the receiver's priority: %s", exc.strerror)
-    run(stop)
-
-
-def run_service(config: Config, config_path: str | None = None) -> int:
+def run_service(config: Config, config_path: str | None = None, role: str = "all",
+                queues: tuple[str, ...] = ()) -> int:
     """Run until SIGTERM or SIGINT (SIGHUP reloads); returns the process exit status."""
     configure_logging(config.logging)
     try:
-        service = Service(config, config_path)
+        service = Service(config, config_path, role, queues)
     except DeidKeyError as exc:
         log.error("cannot start: %s", exc)
         return 2
@@ -249,7 +384,7 @@ def run_service(config: Config, config_path: str | None = None) -> int:
         log.error("cannot start: %s", exc)
         service.stop()
         return 1
-    log.info("sonoshot ready")
+    log.info("sonoshot ready (%s)", service.role_text)
     while not stop_requested.wait(0.5):
         if reload_requested.is_set():
             reload_requested.clear()

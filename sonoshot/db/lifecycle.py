@@ -4,12 +4,15 @@
 The study states and the legal moves between them: the one place that names states.
 
 The database is the queue. A study row moves
-``receiving → complete → processing → reported → delivered``; side exits are ``ignored``
-(routing), ``awaiting-detector`` (no detector yet), ``out-of-scope`` (no instance inside the
-detector's scope), ``quarantined`` (nothing could be de-identified or scored safely), ``failed``,
-``dead-letter`` (delivery gave up) and ``withheld`` (shadow mode: its reports were kept and
-discarded by ``sonoshot release --discard``, never sent). Each stage claims rows in one state
-and moves them on, so restart recovery is a query.
+``receiving → complete → processing → deidentified → detecting → reported → delivered``:
+``processing`` is the de-identification stage at work (routing, working copies), ``deidentified``
+waits for the detect stage, ``detecting`` is the detect stage at work (scores, the SR). Side exits
+are ``ignored`` (routing), ``awaiting-detector`` (no detector yet; the working copies are kept),
+``out-of-scope`` (no instance inside the detector's scope), ``quarantined`` (nothing could be
+de-identified or scored safely), ``failed``, ``dead-letter`` (delivery gave up) and ``withheld``
+(shadow mode: its reports were kept and discarded by ``sonoshot release --discard``, never
+sent). Each stage claims rows in one state and moves them on (:data:`STAGE_STATES`), so restart
+recovery is a query.
 
 A study that ends ``out-of-scope``, ``quarantined`` or ``failed`` keeps that state while its
 "not analysed" report goes through the outbox (the result row and its deliveries say how that
@@ -27,6 +30,8 @@ class StudyState(str, Enum):
     RECEIVING = "receiving"
     COMPLETE = "complete"
     PROCESSING = "processing"
+    DEIDENTIFIED = "deidentified"
+    DETECTING = "detecting"
     AWAITING_DETECTOR = "awaiting-detector"
     OUT_OF_SCOPE = "out-of-scope"
     REPORTED = "reported"
@@ -57,9 +62,11 @@ S = StudyState
 LEGAL_MOVES: dict[StudyState, frozenset[StudyState]] = {
     S.RECEIVING: frozenset({S.COMPLETE}),
     S.COMPLETE: frozenset({S.PROCESSING}),
-    S.PROCESSING: frozenset({S.IGNORED, S.REPORTED, S.AWAITING_DETECTOR, S.OUT_OF_SCOPE, S.QUARANTINED,
-                             S.FAILED, S.COMPLETE}),
-    S.AWAITING_DETECTOR: frozenset({S.COMPLETE}),
+    S.PROCESSING: frozenset({S.DEIDENTIFIED, S.IGNORED, S.OUT_OF_SCOPE, S.QUARANTINED, S.FAILED, S.COMPLETE}),
+    S.DEIDENTIFIED: frozenset({S.DETECTING}),
+    S.DETECTING: frozenset({S.REPORTED, S.AWAITING_DETECTOR, S.OUT_OF_SCOPE, S.QUARANTINED, S.FAILED,
+                            S.DEIDENTIFIED}),
+    S.AWAITING_DETECTOR: frozenset({S.DEIDENTIFIED}),
     S.OUT_OF_SCOPE: frozenset({S.COMPLETE}),
     S.REPORTED: frozenset({S.DELIVERED, S.DEAD_LETTER, S.WITHHELD}),
     S.DEAD_LETTER: frozenset({S.REPORTED}),
@@ -68,6 +75,14 @@ LEGAL_MOVES: dict[StudyState, frozenset[StudyState]] = {
     S.QUARANTINED: frozenset({S.COMPLETE}),
     S.FAILED: frozenset({S.COMPLETE}),
     S.WITHHELD: frozenset(),
+}
+
+#: Per processing stage: the state a study waits in for it, and the state it holds while the stage
+#: works on it. A stage claims a study by moving it from the first to the second; restart recovery
+#: (one process) moves the second back to the first.
+STAGE_STATES: dict[str, tuple[StudyState, StudyState]] = {
+    "deid": (S.COMPLETE, S.PROCESSING),
+    "detect": (S.DEIDENTIFIED, S.DETECTING),
 }
 
 #: States whose work is finished: the spool may be purged after the retention period.

@@ -51,6 +51,7 @@ class Association(Base):
     calling_ae_title: Mapped[str] = mapped_column(AE_TITLE)
     called_ae_title: Mapped[str] = mapped_column(AE_TITLE)
     peer_address: Mapped[str] = mapped_column(String(64))
+    node: Mapped[str | None] = mapped_column(String(64))  # the receiver that accepted it (cluster mode)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     outcome: Mapped[str | None] = mapped_column(String(32))  # released, aborted, interrupted
@@ -79,6 +80,9 @@ class Study(Base):
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     state_changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     detail: Mapped[str | None] = mapped_column(Text)  # last error or hold reason, without PHI
+    lane: Mapped[str] = mapped_column(String(16), default="live")  # live, or archive (sonoshot import)
+    lease: Mapped[int] = mapped_column(Integer, default=0)  # +1 at each stage claim: fences stale workers
+    timings: Mapped[dict | None] = mapped_column(JSON)  # seconds per finished stage, this generation
 
     instances: Mapped[list["Instance"]] = relationship(back_populates="study")
     results: Mapped[list["Result"]] = relationship(back_populates="study", order_by="Result.id")
@@ -101,8 +105,12 @@ class Instance(Base):
     association_id: Mapped[int | None] = mapped_column(ForeignKey("associations.id"), index=True)
     generation: Mapped[int] = mapped_column(Integer, default=1)  # the study generation it arrived in
     file_missing: Mapped[bool] = mapped_column(default=False)
-    deid_status: Mapped[str | None] = mapped_column(String(16))  # ok, quarantined
+    deid_status: Mapped[str | None] = mapped_column(String(16))  # ok, quarantined, out-of-scope
     deid_reason: Mapped[str | None] = mapped_column(Text)
+    work_path: Mapped[str | None] = mapped_column(String(300))  # key of the de-identified working copy
+    not_analysed_reason: Mapped[str | None] = mapped_column(String(32))  # why it was left out (a coded reason)
+    # The receiver node whose local spool holds the only copy until the object store has it.
+    pending_upload: Mapped[str | None] = mapped_column(String(64), index=True)
 
     study: Mapped[Study] = relationship(back_populates="instances")
 
@@ -142,11 +150,12 @@ class Result(Base):
     images_scored: Mapped[int] = mapped_column(Integer)
     images_quarantined: Mapped[int] = mapped_column(Integer)
     sr_sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
-    sr_path: Mapped[str] = mapped_column(String(300))  # relative to the spool folder
+    sr_path: Mapped[str] = mapped_column(String(300))  # key in the reports object store
     predecessor_sr_uid: Mapped[str | None] = mapped_column(UID)
     key_image_sop_instance_uid: Mapped[str | None] = mapped_column(UID)  # sent with the SR, when there is one
     key_image_path: Mapped[str | None] = mapped_column(String(300))  # relative to the spool folder
     timings: Mapped[dict] = mapped_column(JSON)  # seconds per stage
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # the study lease of the claim that made it
 
     study: Mapped[Study] = relationship(back_populates="results")
     deliveries: Mapped[list["Delivery"]] = relationship(back_populates="result")
@@ -167,6 +176,7 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease: Mapped[int] = mapped_column(Integer, default=0)  # +1 at each send claim: fences stale senders
 
     result: Mapped[Result] = relationship(back_populates="deliveries")
 
@@ -234,3 +244,14 @@ class User(Base):
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class PeriodicRun(Base):
+    """The last period each periodic job ran for (cluster mode): a period runs once, never again
+    after a later one, however many workers propose it or however late."""
+
+    __tablename__ = "periodic_runs"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_timestamp: Mapped[int] = mapped_column(BigInteger)  # the period's scheduled time, epoch seconds
+    runs: Mapped[int] = mapped_column(Integer, default=0)
+    last_run_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

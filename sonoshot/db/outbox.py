@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from sonoshot.db.lifecycle import OUTBOX_WAITING, OutboxState, StudyState
 from sonoshot.db.models import Delivery, Event, Result, Study, utcnow
 from sonoshot.db.store import Store
+from sonoshot.db.work import Job, Lane
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,9 @@ def release_held(store: Store, by: str, since: datetime | None = None, until: da
             s.add(Event(kind="delivery", outcome="released", study_instance_uid=study.study_instance_uid,
                         sop_instance_uid=row.result.sr_sop_instance_uid,
                         detail={"destination": row.destination, "by": by}))
+            store.deferrer.defer(s.connection(), [Job("deliver", study.study_instance_uid, row.result.generation,
+                                                      Lane(study.lane), delivery_id=row.id,
+                                                      destination=row.destination)])
             released += 1
     return ReleaseCounts(released, withheld)
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from sonoshot.db.lifecycle import SETTLED, OutboxState, StudyState
 from sonoshot.db.models import Association, Delivery, Event, Instance, Result, Study
 from sonoshot.db.store import Store
+from sonoshot.db.work import Deferrer
 
 #: Event kind the worker records (with ``study_instance_uid``) when it has de-identified a
 #: study; the audit export takes the latest one as the study's de-identification time.
@@ -30,7 +31,8 @@ DEID_EVENT_KIND = "deid"
 #: Event kind of the audit events retention writes.
 RETENTION_EVENT_KIND = "retention"
 #: Queues shown by ``sonoshot status`` and exported as ``sonoshot_queue_depth``.
-QUEUES = ("complete", "processing", "awaiting-detector", "pending-deliveries", "held-deliveries")
+QUEUES = ("complete", "processing", "deidentified", "detecting", "awaiting-detector", "pending-deliveries",
+          "held-deliveries")
 #: ``results.kind`` of a detector result; the other kind is ``not-analysed``.
 SCORED = "scored"
 NOT_ANALYSED = "not-analysed"
@@ -82,8 +84,10 @@ class DatabaseNotReady(RuntimeError):
     """The configured database does not exist yet or has no sonoshot tables."""
 
 
-def open_existing(url: str) -> Store:
+def open_existing(url: str, deferrer: Deferrer | None = None) -> Store:
     """A :class:`Store` on an existing, migrated database; unlike ``Store(url)`` it creates nothing.
+
+    ``deferrer`` is how the store hands jobs on (cluster mode: procrastinate's table).
 
     Raises
     ------
@@ -95,7 +99,7 @@ def open_existing(url: str) -> Store:
         path = Path(url.removeprefix("sqlite:///"))
         if not path.is_file():
             raise DatabaseNotReady(f"no database at {path} (database.url); has the daemon run yet?")
-    store = Store(url)
+    store = Store(url, deferrer)
     if not inspect(store.engine).has_table(Study.__tablename__):
         store.dispose()
         raise DatabaseNotReady("the database (database.url) has no sonoshot tables; has the daemon run yet?")
@@ -284,11 +288,11 @@ def _lock_settled(s: Session, study_uid: str, settled_before: datetime) -> Study
 
 
 def mark_spool_purged(store: Store, study_uid: str, settled_before: datetime,
-                      delete: Callable[[list[str]], int]) -> int | None:
-    """Delete a settled study's spool files and flag its instances ``file_missing``, atomically.
+                      delete: Callable[[list[str], list[str]], int]) -> int | None:
+    """Delete a settled study's originals and SRs and flag its instances ``file_missing``, atomically.
 
-    While the study row is locked, ``delete`` gets the spool-relative paths of its instances
-    (those not yet flagged missing) and of its SR documents and key images, and returns how many files it
+    While the study row is locked, ``delete`` gets the keys of its instances (those not yet
+    flagged missing) and of its SR documents and key images, and returns how many objects it
     removed. An audit event ``retention/spool-purged`` is recorded when files were indexed.
 
     Returns
@@ -305,7 +309,7 @@ def mark_spool_purged(store: Store, study_uid: str, settled_before: datetime,
                                                           Instance.file_missing.is_(False))))
         reports = [path for row in s.execute(select(Result.sr_path, Result.key_image_path)
                                              .where(Result.study_id == study.id)) for path in row if path]
-        removed = delete([i.path for i in instances] + reports)
+        removed = delete([i.path for i in instances], reports)
         for instance in instances:
             instance.file_missing = True
         if instances:

@@ -6,6 +6,12 @@ get plain frozen dataclasses back. Writes on SQLite take the write lock up front
 (``BEGIN IMMEDIATE``) so concurrent associations wait on the busy timeout instead of failing.
 On other backends (PostgreSQL) each write that reads before it decides locks the study rows it
 reads (``SELECT ... FOR UPDATE``, which SQLite leaves out), so the same races are closed there.
+
+Stages claim a study by moving it into its running state and raising its ``lease``; each of their
+writes names the lease it holds and is refused once another claim took the study over (a worker
+that was paused past its stall timeout cannot overwrite the result of the retry). A move that
+makes the next stage due hands its job to the :class:`~sonoshot.db.work.Deferrer` in the same
+transaction.
 """
 
 from __future__ import annotations
@@ -18,16 +24,20 @@ from typing import Any, Iterator
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import bindparam, create_engine, event, exists, func, insert, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import bindparam, case, create_engine, event, exists, func, insert, select, text, update
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from sonoshot.db.lifecycle import OUTBOX_WAITING, OutboxState, StudyState, check_move
-from sonoshot.db.models import Association, Delivery, Event, Instance, Result, Study, utcnow
+from sonoshot.db.lifecycle import OUTBOX_WAITING, STAGE_STATES, OutboxState, StudyState, check_move
+from sonoshot.db.models import Association, Delivery, Event, Instance, PeriodicRun, Result, Study, utcnow
+from sonoshot.db.work import Deferrer, Job, Lane, WakeDeferrer
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 READ_ONLY = "sonoshot_read_only"  # execution option: a plain (deferred) BEGIN, no write lock
+MIGRATION_LOCK = 0x736F6E70  # pg_advisory_xact_lock key: processes starting together migrate in turn
+#: The stage due when a study enters each state (the inverse of STAGE_STATES' first column).
+DUE_STAGE = {due: stage for stage, (due, _running) in STAGE_STATES.items()}
 
 # The two statements of an instance received into a study that is receiving (the common case),
 # built once: building Core statements from values costs more than running them on SQLite.
@@ -55,6 +65,8 @@ class NewInstance:
     calling_ae_title: str | None = None
     called_ae_title: str | None = None
     patient_pseudonym: str | None = None
+    pending_upload: str | None = None  # cluster receivers: this node holds the only copy until uploaded
+    lane: Lane = Lane.LIVE  # of a study this instance creates
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,8 @@ class StudyRef:
     calling_ae_title: str | None
     called_ae_title: str | None
     instance_count: int
+    lease: int = 0  # the claim this reference holds (0: none)
+    lane: Lane = Lane.LIVE
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,27 @@ class InstanceRef:
     sop_class_uid: str
     path: str
     file_missing: bool
+    deid_status: str | None = None  # ok, quarantined, out-of-scope
+    deid_reason: str | None = None
+    work_path: str | None = None  # key of the de-identified working copy
+    not_analysed_reason: str | None = None  # the code of why it was left out
+
+
+@dataclass(frozen=True)
+class DeidRecord:
+    """What de-identification made of one instance: a working copy (``work_path``), or left out
+    (``status`` quarantined or out-of-scope) with a PHI-free ``reason`` and the "not analysed"
+    reason ``code`` (:class:`sonoshot.dicom_io.not_analysed.NotAnalysedReason`)."""
+
+    sop_instance_uid: str
+    status: str  # ok, quarantined, out-of-scope
+    work_path: str | None = None  # key of the working copy when ok
+    reason: str | None = None
+    code: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
 
 
 @dataclass(frozen=True)
@@ -114,7 +149,7 @@ class ResultRef:
 
     @property
     def paths(self) -> list[str]:
-        """The spool-relative files the outbox sends for this result, the SR first."""
+        """The keys (in the reports store) of the documents the outbox sends, the SR first."""
         return [self.sr_path] + ([self.key_image_path] if self.key_image_path else [])
 
 
@@ -124,6 +159,7 @@ class DeliveryRef:
     destination: str
     attempts: int
     result: ResultRef
+    lease: int = 0  # the send claim this reference holds (0: none)
 
 
 def _result_ref(row: Result) -> ResultRef:
@@ -133,7 +169,18 @@ def _result_ref(row: Result) -> ResultRef:
 
 def _study_ref(study: Study) -> StudyRef:
     return StudyRef(study.id, study.study_instance_uid, StudyState(study.state), study.generation,
-                    study.calling_ae_title, study.called_ae_title, study.instance_count)
+                    study.calling_ae_title, study.called_ae_title, study.instance_count, study.lease,
+                    Lane(study.lane))
+
+
+def _delivery_ref(row: Delivery) -> DeliveryRef:
+    return DeliveryRef(row.id, row.destination, row.attempts, _result_ref(row.result), row.lease)
+
+
+def _held(study: StudyRef):
+    """The WHERE clause of a write by the holder of ``study``'s claim: same state, generation, lease."""
+    return (Study.id == study.id) & (Study.state == study.state.value) & (Study.generation == study.generation) \
+        & (Study.lease == study.lease)
 
 
 def _sqlite_immediate(engine: Engine) -> None:
@@ -156,7 +203,8 @@ def _sqlite_immediate(engine: Engine) -> None:
 class Store:
     """The audit and state database behind one SQLAlchemy URL (SQLite by default)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, deferrer: Deferrer | None = None) -> None:
+        self.deferrer: Deferrer = deferrer or WakeDeferrer()
         if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         sqlite = url.startswith("sqlite")
@@ -172,6 +220,8 @@ class Store:
         config = AlembicConfig()
         config.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
@@ -190,6 +240,13 @@ class Store:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    def _defer_due(self, connection: Connection, study: Study | StudyRef, to_state: StudyState) -> None:
+        """Defer the stage job that ``to_state`` makes due, if any, in ``connection``'s transaction."""
+        stage = DUE_STAGE.get(to_state)
+        if stage is not None:
+            self.deferrer.defer(connection, [Job(stage, study.study_instance_uid, study.generation,
+                                                 Lane(study.lane))])
+
     # -- audit -----------------------------------------------------------------------------
 
     def record_event(self, kind: str, outcome: str, **fields: Any) -> None:
@@ -199,9 +256,9 @@ class Store:
 
     # -- receiving -------------------------------------------------------------------------
 
-    def open_association(self, calling: str, called: str, peer: str) -> int:
+    def open_association(self, calling: str, called: str, peer: str, node: str | None = None) -> int:
         with self.session() as s:
-            row = Association(calling_ae_title=calling, called_ae_title=called, peer_address=peer)
+            row = Association(calling_ae_title=calling, called_ae_title=called, peer_address=peer, node=node)
             s.add(row)
             s.flush()
             s.add(Event(kind="association", outcome="accepted", association_id=row.id,
@@ -260,7 +317,7 @@ class Store:
                 "series_instance_uid": new.series_instance_uid, "sop_class_uid": new.sop_class_uid,
                 "transfer_syntax_uid": new.transfer_syntax_uid, "modality": new.modality, "path": new.path,
                 "size_bytes": new.size_bytes, "received_at": now, "association_id": association_id,
-                "generation": generation, "file_missing": False})
+                "generation": generation, "file_missing": False, "pending_upload": new.pending_upload})
 
     @staticmethod
     def _open_study(c: Any, new: NewInstance, now: datetime) -> tuple[int, int]:
@@ -274,7 +331,8 @@ class Store:
                 modality=new.modality, calling_ae_title=new.calling_ae_title,
                 called_ae_title=new.called_ae_title, first_received_at=now, receiving_since=now,
                 last_received_at=now, state_changed_at=now, patient_pseudonym=new.patient_pseudonym,
-                generation=1, instance_count=1, total_bytes=new.size_bytes)).inserted_primary_key[0]
+                generation=1, instance_count=1, total_bytes=new.size_bytes, lane=Lane(new.lane).value,
+                lease=0)).inserted_primary_key[0]
             return study_id, 1
         generation = study.generation
         values: dict[str, Any] = {"instance_count": Study.instance_count + 1,
@@ -297,58 +355,163 @@ class Store:
 
         Quiet means: no instance for ``quiet_period_s`` and no open association has sent an
         instance of the study. ``max_wait_s`` after the study (re)opened, it completes anyway.
+        Either way every instance must have reached the object store (no upload pending on a
+        receiver). Each completed study's de-identification job is deferred with the move.
         """
         now = now or utcnow()
         still_sending = (
             select(Instance.id).join(Association, Instance.association_id == Association.id)
             .where(Instance.study_id == Study.id, Association.ended_at.is_(None)).exists()
         )
+        uploading = select(Instance.id).where(Instance.study_id == Study.id,
+                                              Instance.pending_upload.is_not(None)).exists()
         quiet = (Study.last_received_at <= now - timedelta(seconds=quiet_period_s)) & ~still_sending
         capped = Study.receiving_since <= now - timedelta(seconds=max_wait_s)
-        done: list[StudyRef] = []
         with self.session() as s:
-            for study in s.scalars(select(Study).where(Study.state == StudyState.RECEIVING.value, quiet | capped)
-                                   .with_for_update()):
-                study.state, study.completed_at, study.state_changed_at = StudyState.COMPLETE.value, now, now
-                s.add(Event(kind="study", outcome="complete", study_instance_uid=study.study_instance_uid,
-                            detail={"instances": study.instance_count, "bytes": study.total_bytes,
-                                    "generation": study.generation}))
-                done.append(_study_ref(study))
-        return done
+            studies = list(s.scalars(select(Study).where(Study.state == StudyState.RECEIVING.value, quiet | capped,
+                                                         ~uploading).with_for_update()))
+            return [self._complete(s, study, now) for study in studies]
+
+    def _complete(self, s: Session, study: Study, now: datetime) -> StudyRef:
+        study.state, study.completed_at, study.state_changed_at = StudyState.COMPLETE.value, now, now
+        s.add(Event(kind="study", outcome="complete", study_instance_uid=study.study_instance_uid,
+                    detail={"instances": study.instance_count, "bytes": study.total_bytes,
+                            "generation": study.generation, "lane": study.lane}))
+        self._defer_due(s.connection(), study, StudyState.COMPLETE)
+        return _study_ref(study)
+
+    def complete_study(self, study_instance_uid: str) -> StudyRef | None:
+        """Complete one ``receiving`` study now (an archive import: nothing more will arrive).
+
+        Returns None when the study is unknown, not receiving (an import that was restarted
+        finds it complete or further) or still has an upload pending.
+        """
+        now = utcnow()
+        with self.session() as s:
+            study = s.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid,
+                                                 Study.state == StudyState.RECEIVING.value).with_for_update())
+            if study is None or s.scalar(select(exists().where(Instance.study_id == study.id,
+                                                               Instance.pending_upload.is_not(None)))):
+                return None
+            return self._complete(s, study, now)
 
     # -- stage moves -----------------------------------------------------------------------
 
     def claim_study(self, from_state: StudyState, to_state: StudyState) -> StudyRef | None:
-        """Atomically take the oldest study in ``from_state`` and move it to ``to_state``."""
+        """Atomically take the oldest study in ``from_state`` (live before archive), move it to
+        ``to_state`` and raise its lease; the returned reference holds the claim."""
         check_move(from_state, to_state)
         with self.session() as s:
             study = s.scalar(select(Study).where(Study.state == from_state.value)
-                             .order_by(Study.state_changed_at, Study.id).limit(1)
+                             .order_by(case((Study.lane == Lane.ARCHIVE.value, 1), else_=0),
+                                       Study.state_changed_at, Study.id).limit(1)
                              .with_for_update(skip_locked=True))  # PostgreSQL: no double claim
             if study is None:
                 return None
-            study.state, study.state_changed_at = to_state.value, utcnow()
+            self._take(study, to_state)
+            return _study_ref(study)
+
+    @staticmethod
+    def _take(study: Study, to_state: StudyState) -> None:
+        study.state, study.state_changed_at, study.lease = to_state.value, utcnow(), study.lease + 1
+        if to_state is STAGE_STATES["deid"][1]:
+            study.timings = {}  # a new pass over this generation
+
+    def claim_job(self, job: Job) -> StudyRef | None:
+        """Claim the study revision a deid or detect job names, if that stage is still due for it.
+
+        The study must be in the stage's waiting state and generation, or, for a takeover job,
+        already in its running state (its previous holder stalled). The lease is raised, so the
+        previous holder's writes are refused from now on. Returns None for an obsolete job (a
+        late instance reopened the study, or another job got there first).
+
+        Raises
+        ------
+        ValueError
+            If ``job`` is a deliver job (see :meth:`claim_delivery`).
+        """
+        if job.stage not in STAGE_STATES:
+            raise ValueError(f"a {job.stage} job does not claim a study")
+        due, running = STAGE_STATES[job.stage]
+        allowed = {due.value, running.value} if job.takeover else {due.value}
+        with self.session() as s:
+            study = s.scalar(select(Study).where(Study.study_instance_uid == job.study_instance_uid)
+                             .with_for_update())
+            if study is None or study.generation != job.generation or study.state not in allowed:
+                return None
+            if study.state == running.value:
+                s.add(Event(kind="study", outcome="taken-over", study_instance_uid=study.study_instance_uid,
+                            detail={"stage": job.stage, "generation": study.generation, "lease": study.lease + 1}))
+            self._take(study, running)
             return _study_ref(study)
 
     def move_study(self, study: StudyRef, to_state: StudyState, detail: str | None = None,
                    route_rule: str | None = None) -> bool:
         """Move ``study`` on if it is still in the state and generation the caller saw.
 
-        Returns False when a late instance reopened the study meanwhile: the caller's work is
-        then stale and the next generation will redo it.
+        Returns False when a late instance reopened the study meanwhile, or another claim took it
+        over (the lease moved on): the caller's work is then stale and is dropped. A move into a
+        state that makes a stage due defers that stage's job with it.
         """
         check_move(study.state, to_state)
         with self.session() as s:
             values: dict[str, Any] = {"state": to_state.value, "state_changed_at": utcnow(), "detail": detail}
             if route_rule is not None:
                 values["route_rule"] = route_rule
-            moved = s.execute(update(Study).where(
-                Study.id == study.id, Study.state == study.state.value, Study.generation == study.generation,
-            ).values(**values)).rowcount
+            moved = s.execute(update(Study).where(_held(study)).values(**values)).rowcount
             if moved:
                 s.add(Event(kind="study", outcome=to_state.value, study_instance_uid=study.study_instance_uid,
                             detail={"generation": study.generation, **({"reason": detail} if detail else {})}))
+                self._defer_due(s.connection(), study, to_state)
             return bool(moved)
+
+    def finish_deid(self, study: StudyRef, outcomes: list[DeidRecord], seconds: float, route_rule: str) -> bool:
+        """Record each instance's de-identification and move the claimed study to
+        ``deidentified`` (deferring its detect job), atomically. Returns False, writing nothing,
+        when the claim is stale (see :meth:`move_study`).
+
+        Raises
+        ------
+        ValueError
+            If no outcome has a working copy (a study with none gets a "not analysed" result:
+            :meth:`record_deid`, then :meth:`add_result`).
+        """
+        if not any(o.ok for o in outcomes):
+            raise ValueError('Argument "outcomes" has no working copy to detect on.')
+        check_move(study.state, StudyState.DEIDENTIFIED)
+        with self.session() as s:
+            row = self._record_deid(s, study, outcomes, seconds, route_rule)
+            if row is None:
+                return False
+            row.state, row.state_changed_at, row.detail = StudyState.DEIDENTIFIED.value, utcnow(), None
+            s.add(Event(kind="study", outcome=StudyState.DEIDENTIFIED.value, study_instance_uid=study.study_instance_uid,
+                        detail={"generation": study.generation, "instances": len(outcomes),
+                                "left_out": sum(not o.ok for o in outcomes)}))
+            self._defer_due(s.connection(), study, StudyState.DEIDENTIFIED)
+            return True
+
+    def record_deid(self, study: StudyRef, outcomes: list[DeidRecord], seconds: float, route_rule: str) -> bool:
+        """Record each instance's de-identification, the study staying where it is (nothing got a
+        working copy; its "not analysed" result follows). False when the claim is stale."""
+        with self.session() as s:
+            return self._record_deid(s, study, outcomes, seconds, route_rule) is not None
+
+    def _record_deid(self, s: Session, study: StudyRef, outcomes: list[DeidRecord], seconds: float,
+                     route_rule: str) -> Study | None:
+        row = s.scalar(select(Study).where(_held(study)).with_for_update())
+        if row is None:
+            return None
+        for outcome in outcomes:
+            s.execute(update(Instance).where(Instance.sop_instance_uid == outcome.sop_instance_uid).values(
+                deid_status=outcome.status, deid_reason=outcome.reason, work_path=outcome.work_path,
+                not_analysed_reason=outcome.code))
+            if outcome.status != "out-of-scope":
+                s.add(Event(kind="deid", outcome=outcome.status, study_instance_uid=study.study_instance_uid,
+                            sop_instance_uid=outcome.sop_instance_uid,
+                            detail={"reason": outcome.reason} if outcome.reason else None))
+        row.route_rule = route_rule
+        row.timings = {**(row.timings or {}), "deidentify": seconds}
+        return row
 
     def study(self, study_instance_uid: str) -> StudyRef | None:
         with self.read_session() as s:
@@ -358,17 +521,22 @@ class Store:
     def instances_of(self, study: StudyRef) -> list[InstanceRef]:
         with self.read_session() as s:
             rows = s.scalars(select(Instance).where(Instance.study_id == study.id).order_by(Instance.id))
-            return [InstanceRef(r.sop_instance_uid, r.series_instance_uid, r.sop_class_uid, r.path, r.file_missing)
-                    for r in rows]
+            return [InstanceRef(r.sop_instance_uid, r.series_instance_uid, r.sop_class_uid, r.path, r.file_missing,
+                                r.deid_status, r.deid_reason, r.work_path, r.not_analysed_reason) for r in rows]
 
     # -- restart recovery ------------------------------------------------------------------
 
-    def known_paths(self) -> set[str]:
+    def known_paths(self, paths: list[str]) -> set[str]:
+        """Those of the spool-relative ``paths`` that an instance row names."""
+        known: set[str] = set()
         with self.read_session() as s:
-            return set(s.scalars(select(Instance.path)))
+            for start in range(0, len(paths), 500):
+                known.update(s.scalars(select(Instance.path).where(Instance.path.in_(paths[start:start + 500]))))
+        return known
 
     def recover_after_restart(self, spool_root: Path) -> dict[str, int]:
-        """Close associations left open, flag rows whose file is gone, requeue interrupted work."""
+        """One process owning the whole pipeline restarts: close associations left open, flag
+        rows whose file is gone, and send studies caught mid-stage back to that stage's queue."""
         now = utcnow()
         counts = {"associations_interrupted": 0, "files_missing": 0, "studies_requeued": 0}
         with self.session() as s:
@@ -381,22 +549,56 @@ class Store:
                     counts["files_missing"] += 1
                     s.add(Event(kind="instance", outcome="file-missing", sop_instance_uid=row.sop_instance_uid,
                                 detail={"path": row.path}))
-            for study in s.scalars(select(Study).where(Study.state == StudyState.PROCESSING.value)):
-                study.state, study.state_changed_at = StudyState.COMPLETE.value, now
-                counts["studies_requeued"] += 1
-                s.add(Event(kind="study", outcome="requeued", study_instance_uid=study.study_instance_uid))
+            for due, running in STAGE_STATES.values():
+                for study in s.scalars(select(Study).where(Study.state == running.value)):
+                    study.state, study.state_changed_at = due.value, now
+                    counts["studies_requeued"] += 1
+                    s.add(Event(kind="study", outcome="requeued", study_instance_uid=study.study_instance_uid,
+                                detail={"to": due.value}))
             s.add(Event(kind="service", outcome="recovered", detail=counts))
         return counts
 
-    # -- de-identification, results and the outbox -----------------------------------------
-
-    def record_deid(self, study: StudyRef, sop_instance_uid: str, ok: bool, reason: str | None) -> None:
-        """Note whether an instance was de-identified or quarantined (``reason`` holds no PHI)."""
+    def close_node_associations(self, node: str) -> int:
+        """A cluster receiver restarts: close the associations *it* left open (not its peers')."""
         with self.session() as s:
-            s.execute(update(Instance).where(Instance.sop_instance_uid == sop_instance_uid).values(
-                deid_status="ok" if ok else "quarantined", deid_reason=reason))
-            s.add(Event(kind="deid", outcome="ok" if ok else "quarantined", study_instance_uid=study.study_instance_uid,
-                        sop_instance_uid=sop_instance_uid, detail={"reason": reason} if reason else None))
+            closed = s.execute(update(Association).where(Association.ended_at.is_(None), Association.node == node)
+                               .values(ended_at=utcnow(), outcome="interrupted")).rowcount
+            if closed:
+                s.add(Event(kind="service", outcome="recovered", detail={"node": node,
+                                                                          "associations_interrupted": closed}))
+            return closed
+
+    # -- uploads from a receiver's local spool to the object store -----------------------------
+
+    def pending_uploads(self, node: str, limit: int = 100) -> list[InstanceRef]:
+        """Instances whose only copy is in ``node``'s local spool, oldest first."""
+        with self.read_session() as s:
+            rows = s.scalars(select(Instance).where(Instance.pending_upload == node).order_by(Instance.id)
+                             .limit(limit))
+            return [InstanceRef(r.sop_instance_uid, r.series_instance_uid, r.sop_class_uid, r.path, r.file_missing)
+                    for r in rows]
+
+    def mark_uploaded(self, sop_instance_uid: str, node: str, lost: bool = False) -> bool:
+        """The object store has the instance (or, ``lost``, the node's copy is gone and never will).
+
+        Returns False when the row was not pending on ``node``.
+        """
+        with self.session() as s:
+            values: dict[str, Any] = {"pending_upload": None, **({"file_missing": True} if lost else {})}
+            done = s.execute(update(Instance).where(Instance.sop_instance_uid == sop_instance_uid,
+                                                    Instance.pending_upload == node).values(**values)).rowcount
+            if done and lost:
+                s.add(Event(kind="instance", outcome="file-missing", sop_instance_uid=sop_instance_uid,
+                            detail={"node": node, "why": "not in the local spool before upload"}))
+            return bool(done)
+
+    def pending_on(self, path: str) -> str | None:
+        """The receiver node whose local spool holds the only copy of the instance at ``path``;
+        None when the object store has it or no row names the path."""
+        with self.read_session() as s:
+            return s.scalar(select(Instance.pending_upload).where(Instance.path == path))
+
+    # -- results and the outbox ------------------------------------------------------------
 
     def latest_result(self, study: StudyRef) -> ResultRef | None:
         with self.read_session() as s:
@@ -409,31 +611,39 @@ class Store:
         (``reported`` for a scored result; ``out-of-scope``, ``quarantined`` or ``failed`` for a
         "not analysed" one, with ``detail`` as the study's reason).
 
-        All or nothing, and only if the study is still in the state and generation the worker
-        claimed; returns None when a late instance reopened it meanwhile. A result whose SR UID
-        exists already (the same study, instances and bundle) is not queued twice.
+        All or nothing, and only if the study is still in the state, generation and lease the
+        worker claimed; returns None when a late instance reopened it or another claim took it
+        over meanwhile. A result whose SR UID exists already (the same study, instances and
+        bundle) is not queued twice. Each new outbox row's deliver job is deferred with it; the
+        result's timings join those of the stages before (de-identification).
         """
         check_move(study.state, to_state)
         with self.session() as s:
-            moved = s.execute(update(Study).where(
-                Study.id == study.id, Study.state == study.state.value, Study.generation == study.generation,
-            ).values(state=to_state.value, state_changed_at=utcnow(), detail=detail)).rowcount
-            if not moved:
+            held = s.scalar(select(Study).where(_held(study)).with_for_update())
+            if held is None:
                 return None
+            held.state, held.state_changed_at, held.detail = to_state.value, utcnow(), detail
             if to_state is not StudyState.REPORTED:
                 s.add(Event(kind="study", outcome=to_state.value, study_instance_uid=study.study_instance_uid,
                             detail={"generation": study.generation, **({"reason": detail} if detail else {})}))
+            timings = {**(held.timings or {}), **new.timings}
             row = s.scalar(select(Result).where(Result.sr_sop_instance_uid == new.sr_sop_instance_uid))
             if row is None:
-                row = Result(study_id=study.id, generation=study.generation, **vars(new))
+                row = Result(study_id=study.id, generation=study.generation, attempt=study.lease,
+                             **{**vars(new), "timings": timings})
                 s.add(row)
                 s.flush()
-                for name in destinations:
-                    s.add(Delivery(result_id=row.id, destination=name, state=OutboxState.PENDING.value))
+                outbox = [Delivery(result_id=row.id, destination=name, state=OutboxState.PENDING.value)
+                          for name in destinations]
+                s.add_all(outbox)
+                s.flush()
+                self.deferrer.defer(s.connection(), [
+                    Job("deliver", study.study_instance_uid, study.generation, study.lane, delivery_id=d.id,
+                        destination=d.destination) for d in outbox])
             s.add(Event(kind="result", outcome=new.verdict or new.kind, study_instance_uid=study.study_instance_uid,
                         sop_instance_uid=new.sr_sop_instance_uid,
                         detail={"score": new.score, "threshold": new.threshold, "bundle": new.bundle_sha256,
-                                "generation": study.generation, "timings": new.timings,
+                                "generation": study.generation, "timings": timings,
                                 **({"reason": new.reason} if new.reason else {}),
                                 **({"key_image": new.key_image_sop_instance_uid}
                                    if new.key_image_sop_instance_uid else {})}))
@@ -448,14 +658,28 @@ class Store:
             rows = s.scalars(select(Delivery).where(
                 Delivery.destination == destination, Delivery.state == OutboxState.PENDING.value,
                 Delivery.next_attempt_at <= now).order_by(Delivery.next_attempt_at, Delivery.id).limit(limit))
-            return [DeliveryRef(r.id, r.destination, r.attempts, _result_ref(r.result)) for r in rows]
+            return [_delivery_ref(r) for r in rows]
+
+    def claim_delivery(self, delivery_id: int, now: datetime | None = None) -> DeliveryRef | None:
+        """Claim one pending, due outbox row for a send: its lease is raised, so a sender that
+        stalled mid-send can no longer record an outcome. None when it is not pending or due."""
+        now = now or utcnow()
+        with self.session() as s:
+            row = s.scalar(select(Delivery).where(Delivery.id == delivery_id, Delivery.state == OutboxState.PENDING.value,
+                                                  Delivery.next_attempt_at <= now).with_for_update())
+            if row is None:
+                return None
+            row.lease += 1
+            return _delivery_ref(row)
 
     def record_attempt(self, delivery: DeliveryRef, delivered: bool, status: str, error: str | None,
-                       retry_in_s: float | None) -> OutboxState:
+                       retry_in_s: float | None) -> OutboxState | None:
         """Record one delivery attempt; ``retry_in_s`` None means give up (dead-letter).
 
         The study becomes ``delivered`` once every destination of its latest result has it, and
-        ``dead-letter`` once none is pending and any gave up.
+        ``dead-letter`` once none is pending and any gave up. A retry defers the next deliver
+        job, due after the backoff. Returns None, recording nothing, when ``delivery`` holds a
+        claim (``lease``) that another claim has replaced.
         """
         now = utcnow()
         with self.session() as s:
@@ -464,6 +688,8 @@ class Store:
             s.scalar(select(Study).join(Result).join(Delivery).where(Delivery.id == delivery.id)
                      .with_for_update(of=Study))
             row = s.get(Delivery, delivery.id)
+            if delivery.lease and row.lease != delivery.lease:
+                return None
             row.attempts += 1
             row.last_status, row.last_error = status, error
             if delivered:
@@ -473,6 +699,10 @@ class Store:
             else:
                 row.next_attempt_at = now + timedelta(seconds=retry_in_s)
             study = row.result.study
+            if row.state == OutboxState.PENDING.value:
+                self.deferrer.defer(s.connection(), [Job(
+                    "deliver", study.study_instance_uid, row.result.generation, Lane(study.lane), delivery_id=row.id,
+                    destination=row.destination, not_before=row.next_attempt_at)])
             s.add(Event(kind="delivery", outcome=row.state if row.state != OutboxState.PENDING.value else "retry",
                         study_instance_uid=study.study_instance_uid, sop_instance_uid=row.result.sr_sop_instance_uid,
                         detail={"destination": row.destination, "attempt": row.attempts, "status": status,
@@ -500,6 +730,7 @@ class Store:
             else:
                 query = query.where(Delivery.state == OutboxState.DEAD_LETTER.value)
             rows = list(s.scalars(query))
+            jobs = []
             for row in rows:
                 row.state, row.next_attempt_at = OutboxState.PENDING.value, now
                 study = row.result.study
@@ -507,6 +738,9 @@ class Store:
                     study.state, study.state_changed_at = StudyState.REPORTED.value, now
                 s.add(Event(kind="delivery", outcome="requeued", study_instance_uid=study.study_instance_uid,
                             detail={"destination": row.destination}))
+                jobs.append(Job("deliver", study.study_instance_uid, row.result.generation, Lane(study.lane),
+                                delivery_id=row.id, destination=row.destination))
+            self.deferrer.defer(s.connection(), jobs)
             return len(rows)
 
     def requeue_for_reload(self, state: StudyState) -> int:
@@ -522,11 +756,37 @@ class Store:
                 study.state, study.state_changed_at = StudyState.COMPLETE.value, now
                 s.add(Event(kind="study", outcome="requeued", study_instance_uid=study.study_instance_uid,
                             detail={"from": state.value, "why": "reload"}))
+                self._defer_due(s.connection(), study, StudyState.COMPLETE)
             return len(studies)
 
     def requeue_awaiting_detector(self) -> int:
-        """Send studies held for want of a detector back to ``complete`` (a detector is now loaded)."""
+        """Send studies held for want of a detector back to ``deidentified`` (a detector is now
+        loaded); their detect jobs are deferred with the move."""
         now = utcnow()
         with self.session() as s:
-            return s.execute(update(Study).where(Study.state == StudyState.AWAITING_DETECTOR.value)
-                             .values(state=StudyState.COMPLETE.value, state_changed_at=now)).rowcount
+            held = list(s.scalars(select(Study).where(Study.state == StudyState.AWAITING_DETECTOR.value)
+                                  .with_for_update()))
+            for study in held:
+                study.state, study.state_changed_at = StudyState.DEIDENTIFIED.value, now
+                self._defer_due(s.connection(), study, StudyState.DEIDENTIFIED)
+            return len(held)
+
+    # -- periodic jobs (cluster mode) ------------------------------------------------------
+
+    def claim_period(self, name: str, timestamp: int) -> bool:
+        """Whether the periodic job ``name`` may run for the period scheduled at ``timestamp``:
+        True once per period, and never for a period older than one that already ran (a worker
+        that resumes after a pause proposes the periods it missed; they are past)."""
+        now = utcnow()
+        with self.session() as s:
+            if s.execute(update(PeriodicRun).where(PeriodicRun.name == name, PeriodicRun.last_timestamp < timestamp)
+                         .values(last_timestamp=timestamp, runs=PeriodicRun.runs + 1, last_run_at=now)).rowcount:
+                return True
+            if s.get(PeriodicRun, name) is not None:
+                return False
+        try:
+            with self.session() as s:
+                s.add(PeriodicRun(name=name, last_timestamp=timestamp, runs=1, last_run_at=now))
+            return True
+        except IntegrityError:  # another worker ran the first period of this job
+            return False

@@ -61,6 +61,8 @@ class Receiver:
     min_free_mb: int
     pseudonymize_patient: Callable[[str], str] | None = None
     count_outcome: Callable[[str], None] = lambda _outcome: None  # stored, duplicate, refused (metrics)
+    node: str | None = None  # cluster mode: this receiver, which holds each instance until it is uploaded
+    on_stored: Callable[[str], None] | None = None  # (spool path) after a new instance's row is committed
     count_refusal: Callable[[str], None] = lambda _reason: None  # connections closed by the limits (metrics)
     open_associations: dict[object, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -125,18 +127,25 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
             size = receiver.spool.adopt(relative, streamed)
     except OSError as exc:
         return _refuse(event, receiver, 0xA701, sop_uid, study_uid, why=exc.strerror)
-    recorded = receiver.store.record_instance(NewInstance(
-        sop_instance_uid=sop_uid, study_instance_uid=study_uid, series_instance_uid=series_uid,
-        sop_class_uid=str(event.request.AffectedSOPClassUID), transfer_syntax_uid=str(syntax),
-        modality=modality, path=relative, size_bytes=size, calling_ae_title=event.assoc.requestor.ae_title,
-        called_ae_title=event.assoc.acceptor.ae_title,
-        patient_pseudonym=receiver.pseudonymize_patient(patient_id)
-        if receiver.pseudonymize_patient and patient_id else None,
-    ), association_id=receiver.open_associations.get(event.assoc))
+    try:
+        recorded = receiver.store.record_instance(NewInstance(
+            sop_instance_uid=sop_uid, study_instance_uid=study_uid, series_instance_uid=series_uid,
+            sop_class_uid=str(event.request.AffectedSOPClassUID), transfer_syntax_uid=str(syntax),
+            modality=modality, path=relative, size_bytes=size, calling_ae_title=event.assoc.requestor.ae_title,
+            called_ae_title=event.assoc.acceptor.ae_title,
+            patient_pseudonym=receiver.pseudonymize_patient(patient_id)
+            if receiver.pseudonymize_patient and patient_id else None, pending_upload=receiver.node,
+        ), association_id=receiver.open_associations.get(event.assoc))
+    except Exception:  # no row (the database is down): no file either, or a resend would pass as a duplicate
+        with contextlib.suppress(FileNotFoundError):
+            receiver.spool.path(relative).unlink()
+        raise
     if not recorded:  # the same SOP Instance UID is indexed under another study or series: keep that one
         with contextlib.suppress(FileNotFoundError):
             receiver.spool.path(relative).unlink()
         return _duplicate(event, receiver, sop_uid, study_uid)
+    if receiver.on_stored is not None:
+        receiver.on_stored(relative)
     receiver.count_outcome("stored")
     return SUCCESS
 
@@ -152,7 +161,7 @@ def handle_accepted(event: evt.Event, receiver: Receiver) -> None:
     """EVT_ACCEPTED: open an association row (who, from where)."""
     assoc = event.assoc
     row = receiver.store.open_association(assoc.requestor.ae_title, assoc.acceptor.ae_title,
-                                          str(assoc.requestor.address))
+                                          str(assoc.requestor.address), receiver.node)
     with receiver.lock:
         receiver.open_associations[assoc] = row
     log.info("association %d accepted from %s (%s)", row, assoc.requestor.ae_title, assoc.requestor.address)
