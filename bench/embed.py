@@ -130,7 +130,7 @@ def prototype_auroc(emb: np.ndarray, examples: list[Example]) -> dict[int, float
         aucs = []
         for seed in range(5):
             sup, qry = draw_split(examples, k, seed, "labelled")
-            scores, _ = method(embeddings[sup], labels[sup], embeddings[qry], None, seed)
+            scores = method(embeddings[sup], labels[sup], embeddings[qry], None, seed).scores
             aucs.append(roc_auc_score(labels[qry], scores))
         out[k] = float(np.mean(aucs))
     return out
