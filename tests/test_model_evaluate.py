@@ -44,7 +44,8 @@ def test_run_protocol_rows_and_table() -> None:
                                 2, "labelled", None)
     names = {r["method"] for r in rows}
     assert names == {"sonoshot", "sonoshot-no-projection", "sonoshot-no-augmentation",
-                     "sonoshot-no-patches", "sonoshot-patches-only", "baseline-prototype",
+                     "sonoshot-no-patches", "sonoshot-no-probe", "sonoshot-patches-only",
+                     "baseline-prototype",
                      "baseline-knn", "baseline-logreg"}
     assert all(r["auroc_mean"] > 0.8 and r["seeds"] == 2 for r in rows)
     assert set(curves) == {(m, k) for m in names for k in (2, 4)}

@@ -145,12 +145,13 @@ def draw_split(examples: Sequence[Example], shots: int, seed: int, protocol: Pro
 
 
 def _sonoshot(project: bool = True, augment: bool = True, use_text: bool = True,
-              use_global: bool = True, use_patches: bool = True, maps: bool = False) -> Method:
+              use_global: bool = True, use_patches: bool = True, use_probe: bool = True,
+              maps: bool = False) -> Method:
     """The detector (or an ablation); with ``maps``, its anomaly maps and the raw
     nearest-normal patch distance (the map floor without head or standardisation)."""
     def method(support, sl, query, text, seed):
         state = fit_state(support, sl, text if use_text else None, seed, HeadConfig(), project,
-                          augment, use_global, use_patches)
+                          augment, use_global, use_patches, use_probe)
         if not maps or state.bank is None or query.patches is None:
             return Scored(state.score(query), state.threshold)
         evidence, evidence_maps = state.evidence_maps(query)
@@ -199,7 +200,8 @@ def methods(protocol: Protocol, has_text: bool) -> dict[str, Method]:
         table["sonoshot-no-projection"] = _sonoshot(project=False)
         table["sonoshot-no-augmentation"] = _sonoshot(augment=False)
         table["sonoshot-no-patches"] = _sonoshot(use_patches=False)
-        table["sonoshot-patches-only"] = _sonoshot(use_global=False)
+        table["sonoshot-no-probe"] = _sonoshot(use_probe=False)
+        table["sonoshot-patches-only"] = _sonoshot(use_global=False, use_probe=False)
     if has_text:
         table["sonoshot-no-text"] = _sonoshot(use_text=False)
     table["baseline-prototype"] = _baseline_prototype
