@@ -1,4 +1,4 @@
-# sonoshot: `make serve` runs the daemon, `make test` runs the whole suite. Both install what they need.
+# sonoshot: `make serve` runs the daemon (demo detector), `make test` runs the whole suite. Both install what they need.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -43,8 +43,11 @@ ocr:
 var/deid.key: | $(INSTALLED)
 	$(VENV)/bin/sonoshot keygen --out $@
 
+# The demo configuration (built-in demo detector, state under ./var); SERVE_CONFIG=FILE for your own.
+SERVE_CONFIG ?= deploy/demo.toml
+
 serve: $(INSTALLED) ocr var/deid.key
-	$(VENV)/bin/sonoshot serve
+	$(VENV)/bin/sonoshot --config $(SERVE_CONFIG) serve
 
 test: $(INSTALLED) peers
 	$(VENV)/bin/python -m pytest

@@ -47,10 +47,14 @@ class NetworkConfig:
     port: int = 11112  # DICOM listen port
     allowed_calling_ae_titles: tuple[str, ...] = ()  # empty: any calling AE title is accepted
     max_associations: int = 10  # concurrent associations; more are rejected (transient)
-    acse_timeout_s: float = 30.0  # association negotiation timeout
+    request_timeout_s: float = 5.0  # a new connection must send its A-ASSOCIATE-RQ within this time
+    max_pending_per_address: int = 8  # connections not yet associated, per peer address; more are closed
+    max_pending: int = 64  # connections not yet associated, in total; more are closed
+    acse_timeout_s: float = 30.0  # association negotiation and release timeout
     dimse_timeout_s: float = 60.0  # timeout waiting for a DIMSE message
-    network_timeout_s: float = 60.0  # idle connection timeout
-    max_pdu_size: int = 0  # maximum PDU length we accept; 0 means unlimited
+    network_timeout_s: float = 60.0  # idle connection timeout, also the longest wait for one PDU
+    max_pdu_size: int = 1048576  # largest P-DATA PDU we accept (advertised); 0: unlimited (unsafe)
+    stream_above_mb: int = 8  # C-STORE datasets larger than this go to the spool as they arrive
     extra_transfer_syntaxes: tuple[str, ...] = ()  # UIDs accepted on top of the built-in list
     extra_sop_classes: tuple[str, ...] = ()  # private storage SOP class UIDs to accept as well
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -95,11 +99,13 @@ class DeidConfig:
     retain_patient_characteristics: bool = False  # keep sex, age, size, weight
     retain_device_identity: bool = False  # keep device serial numbers and station names
     clean_descriptors: bool = True  # keep descriptions after removing PHI (False: remove them)
-    clean_pixel_data: bool = True  # blank everything outside the ultrasound regions
+    clean_pixel_data: bool = True  # blank outside the ultrasound regions (or device mask) and burned-in text
     ocr: bool = True  # verify cleaned pixels with tesseract OCR; fail closed if it is missing
     ocr_max_frames: int = 8  # frames OCR'd per instance (all frames of shorter clips)
     pixel_masks: tuple[PixelMask, ...] = ()  # masks for images without ultrasound regions
     ocr_min_score: float = 85.0  # fuzzy OCR match score (50-100) at which a PHI string counts as found
+    text_detection_frames: int = 4  # frames of a clip searched for burned-in text (the union is blanked)
+    text_detector_threads: int = 1  # onnxruntime threads of the text detector
 
 
 @dataclass(frozen=True)
@@ -111,9 +117,18 @@ class DetectorConfig:
     study_aggregation: Literal["max", "top3-mean", "mean"] = "max"  # image scores to a study score
     threshold: float = -1.0  # study verdict threshold; negative: the bundle's own
     device: str = "cpu"  # torch device
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # backbone forward; auto: bf16 where the CPU (AVX512-BF16/AMX) or GPU has it, else fp32; fp16 only on CUDA
+    threads: int = 0  # torch intra-op threads; 0: one core less than this process may use (at least 1)
     mask_annotations: bool = True  # fill burned-in text, callipers and colour overlays before embedding
     min_shots: int = 1  # fewest examples per given class that `sonoshot fit` accepts
     prompt_organs: tuple[str, ...] = ()  # organ prompt sets beside the general one; empty: all organs
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    not_analysed: bool = True  # send a "not analysed" SR when a study ends out of scope, quarantined or failed
+    key_image: bool = True  # send a Secondary Capture key image (map, regions, score) with each scored SR
+    max_regions: int = 3  # anomalous regions per flagged frame in the SR and key image (largest first); 0: none
 
 
 @dataclass(frozen=True)
@@ -138,28 +153,66 @@ class Destination:
     host: str = ""
     port: int = 104
     calling_ae_title: str = ""  # our AE title towards this PACS; empty: network.ae_title
+    mode: Literal["", "send", "shadow"] = ""  # send or shadow for this destination; empty: delivery.mode
     tls: TLSConfig = field(default_factory=TLSConfig)
 
 
 @dataclass(frozen=True)
 class DeliveryConfig:
     destinations: tuple[Destination, ...] = ()  # where SRs go; empty: results stay in the database
+    mode: Literal["send", "shadow"] = "send"  # shadow: build and keep every SR, send none until released
     max_attempts: int = 12  # then the outbox entry becomes dead-letter
     backoff_initial_s: float = 5.0  # first retry delay, doubled each attempt
     backoff_max_s: float = 900.0  # cap on the retry delay
     sweep_interval_s: float = 2.0  # how often the outbox is polled
 
+    def mode_of(self, destination: Destination) -> str:
+        """``send`` or ``shadow`` for ``destination``: its own ``mode``, else this section's."""
+        return destination.mode or self.mode
+
 
 @dataclass(frozen=True)
 class WorkersConfig:
     count: int = 1  # studies processed at once (de-identify, detect, report)
+    batch_wait_s: float = 0.05  # with count > 1: how long a study waits at the detector for others to share its batches
 
 
 @dataclass(frozen=True)
 class HttpConfig:
     enabled: bool = True
-    bind_address: str = "127.0.0.1"  # /healthz and /metrics
+    bind_address: str = "127.0.0.1"  # /livez, /readyz (/healthz) and /metrics
     port: int = 9110
+    echo_interval_s: float = 60.0  # C-ECHO each delivery destination this often for /readyz
+
+
+@dataclass(frozen=True)
+class ConsoleTLSConfig:
+    certificate: str = ""  # PEM certificate of the console; empty: plain HTTP (keep it on 127.0.0.1)
+    private_key: str = ""  # PEM private key for `certificate`
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    enabled: bool = False  # serve the web console (users: `sonoshot users add NAME --role ROLE`)
+    bind_address: str = "127.0.0.1"  # console listen address
+    port: int = 9120  # console HTTP(S) port
+    secret_key_file: Path = Path("var/console.key")  # session signing secret, created (0600) when missing
+    session_minutes: int = 30  # a login lasts this long without activity
+    max_failed_logins: int = 5  # failed logins of one user within 15 minutes before it is locked for 15
+    tls: ConsoleTLSConfig = field(default_factory=ConsoleTLSConfig)
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    target_sensitivity: float = 0.9  # `sonoshot performance` reports the threshold that reaches it
+    bootstrap_resamples: int = 2000  # resamples for the AUROC 95 % interval
+    drift_interval_s: float = 900.0  # how often the daemon recomputes scanner drift (gauges, events)
+    drift_days: float = 7.0  # drift window: the scanner's instances of the last this many days
+    drift_min_instances: int = 20  # fewer scored instances in the window: no drift verdict
+    drift_alpha: float = 0.001  # KS p-value below which a distribution counts as changed
+    psi_alert: float = 0.25  # score PSI at or above which the score shift is material
+    image_shift_alert: float = 0.1  # relative median change of brightness or size that is material
+    quarantine_alert: float = 0.2  # share of a scanner's instances quarantined that raises the flag
 
 
 @dataclass(frozen=True)
@@ -182,17 +235,26 @@ class Config:
     completion: CompletionConfig = field(default_factory=CompletionConfig)
     deid: DeidConfig = field(default_factory=DeidConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
 _RANGES: dict[str, tuple[float, float]] = {
     "network.port": (1, 65535),
     "network.max_associations": (1, 1000),
+    "network.request_timeout_s": (0.1, 600),
+    "network.max_pending_per_address": (1, 10000),
+    "network.max_pending": (1, 10000),
+    "network.max_pdu_size": (0, 2**32 - 1),
+    "network.stream_above_mb": (1, 4096),
+    "http.echo_interval_s": (1, 86400),
     "http.port": (1, 65535),
     "delivery.destinations.port": (1, 65535),
     "storage.min_free_mb": (0, 10**9),
@@ -202,9 +264,26 @@ _RANGES: dict[str, tuple[float, float]] = {
     "delivery.max_attempts": (1, 10**6),
     "delivery.sweep_interval_s": (0.05, 3600),
     "workers.count": (1, 64),
+    "workers.batch_wait_s": (0, 10),
     "deid.ocr_max_frames": (1, 10**6),
     "deid.ocr_min_score": (50, 100),
+    "deid.text_detection_frames": (1, 1000),
+    "deid.text_detector_threads": (1, 64),
     "detector.frames_per_cine": (1, 1000),
+    "detector.threads": (0, 1024),
+    "console.port": (1, 65535),
+    "console.session_minutes": (1, 24 * 60),
+    "console.max_failed_logins": (1, 1000),
+    "validation.target_sensitivity": (0.01, 1.0),
+    "validation.bootstrap_resamples": (100, 10**6),
+    "validation.drift_interval_s": (1, 7 * 86400),
+    "validation.drift_days": (0.01, 366),
+    "validation.drift_min_instances": (2, 10**6),
+    "validation.drift_alpha": (1e-12, 0.5),
+    "validation.psi_alert": (0.0, 100.0),
+    "validation.image_shift_alert": (0.0, 100.0),
+    "validation.quarantine_alert": (0.0, 1.0),
+    "report.max_regions": (0, 20),
 }
 
 
@@ -274,6 +353,11 @@ def _build(cls: type, table: dict[str, Any], prefix: str = "") -> Any:
 
 
 def _check(config: Config) -> None:
+    if 0 < config.network.max_pdu_size < 4096:
+        raise ConfigError("network.max_pdu_size", f"expected 0 (unlimited) or at least 4096, got "
+                                                  f"{config.network.max_pdu_size}")
+    if config.network.max_pending < config.network.max_pending_per_address:
+        raise ConfigError("network.max_pending", "expected at least network.max_pending_per_address")
     if config.network.tls.enabled and not config.network.tls.private_key:
         raise ConfigError("network.tls.private_key", "required when network.tls.certificate is set")
     for i, dest in enumerate(config.delivery.destinations):
@@ -282,6 +366,11 @@ def _check(config: Config) -> None:
                 raise ConfigError(f"delivery.destinations[{i}].{name}", "expected a non-empty string")
     if len({d.name for d in config.delivery.destinations}) != len(config.delivery.destinations):
         raise ConfigError("delivery.destinations.name", "names must be unique")
+    if config.detector.precision == "fp16" and not config.detector.device.startswith("cuda"):
+        raise ConfigError("detector.precision", f"fp16 needs a CUDA detector.device, not "
+                          f"{config.detector.device!r}; use auto, fp32 or bf16")
+    if config.console.tls.certificate and not config.console.tls.private_key:
+        raise ConfigError("console.tls.private_key", "required when console.tls.certificate is set")
     for title_key, title in (("network.ae_title", config.network.ae_title),):
         if not 0 < len(title) <= 16 or "\\" in title:
             raise ConfigError(title_key, f"expected 1 to 16 characters without backslash, got {title!r}")

@@ -47,6 +47,16 @@ def demo_bundle(busi: Path, tmp_path_factory) -> Path:
     return fit_demo_bundle(busi, tmp_path_factory.mktemp("demo-bundle"))
 
 
+@pytest.fixture
+def browser(tmp_path):
+    """A headless Chromium driven by Selenium (tests/browser.py), quit after the test."""
+    from tests.browser import start_chromium
+
+    driver = start_chromium(tmp_path)
+    yield driver
+    driver.quit()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _strict_writing():
     """What sonoshot writes must be valid; reading stays lenient (real devices write bad values)."""

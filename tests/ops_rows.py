@@ -77,7 +77,7 @@ def drive(store: Store, uid: str, target: StudyState, score: float = 0.8, verdic
     if target is S.PROCESSING:
         return
     store.record_event("deid", "ok", study_instance_uid=uid)
-    if target in (S.IGNORED, S.QUARANTINED, S.FAILED, S.AWAITING_DETECTOR):
+    if target in (S.IGNORED, S.QUARANTINED, S.FAILED, S.AWAITING_DETECTOR, S.OUT_OF_SCOPE):
         assert store.move_study(ref, target, detail="test")
         return
     assert store.move_study(ref, S.REPORTED)

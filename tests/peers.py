@@ -36,14 +36,16 @@ class Orthanc:
     """A real Orthanc server acting as the hospital PACS.
 
     ``modalities`` maps a name to ``(ae_title, host, port)``: where Orthanc may send
-    (``/modalities/{name}/store``) and whom it accepts C-STORE from.
+    (``/modalities/{name}/store``) and whom it accepts C-STORE from. ``plugins`` are plugin
+    files to load (none by default).
     """
 
     def __init__(self, workdir: Path, modalities: dict[str, tuple[str, str, int]] | None = None,
-                 aet: str = "ORTHANC") -> None:
-        require_binary("Orthanc")
+                 aet: str = "ORTHANC", plugins: list[str] | None = None) -> None:
+        require_binary("Orthanc", *(plugins or ()))
         self.workdir = workdir
         self.aet = aet
+        self.plugins = list(plugins or ())  # shared libraries to load, e.g. the web viewer
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.modalities = dict(modalities or {})
@@ -63,7 +65,7 @@ class Orthanc:
             "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": True,
             "DicomModalities": {k: list(v) for k, v in self.modalities.items()},
-            "Plugins": [],
+            "Plugins": self.plugins,
             "StableAge": 1,
             "SaveJobs": False,
             "ConcurrentJobs": 2,

@@ -1,10 +1,12 @@
 """Scenario helpers shared by the reliability and PHI tests: small studies made from a real
-ultrasound file, DCMTK storescu invocations and their logs, raw (undecoded) sends, and a daemon
-configured as the full pipeline.
+ultrasound file, DCMTK storescu invocations and their logs, raw (undecoded) sends, a daemon
+configured as the full pipeline, or with the packaged demo detector delivering to an Orthanc,
+and the documents it sent there.
 """
 
 from __future__ import annotations
 
+import io
 import re
 import urllib.error
 import urllib.request
@@ -114,3 +116,23 @@ def raw_send(port: int, path: Path, called_aet: str = "SONOSHOT", calling_aet: s
     finally:
         pynetdicom_config.STORE_SEND_CHUNKED_DATASET = before
     return int(response.Status) if response and "Status" in response else None
+
+
+def demo_pipeline(tmp_path: Path, pacs: Orthanc, **overrides) -> Daemon:
+    """sonoshot with the packaged demo detector, delivering to ``pacs``, which may send to it."""
+    config = {"completion": {"quiet_period_s": 0.5, "sweep_interval_s": 0.1},
+              "detector": {"bundle": "demo"},
+              "delivery": {"destinations": [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
+                                             "port": pacs.dicom_port}],
+                           "sweep_interval_s": 0.2, "backoff_initial_s": 0.5, "backoff_max_s": 1.0}}
+    config.update(overrides)
+    daemon = Daemon(tmp_path / "sonoshot", config)
+    pacs.modalities["sonoshot"] = (daemon.aet, "127.0.0.1", daemon.port)
+    return daemon
+
+
+def documents(pacs: Orthanc, study_uid: str, count: int) -> list[pydicom.Dataset]:
+    """The instances sonoshot sent into the study (SR and key images), once there are ``count``."""
+    ours = [pydicom.dcmread(io.BytesIO(pacs.rest(f"/instances/{i['ID']}/file")))
+            for i in pacs.instances_in_study(study_uid) if i.get("Modality") in ("SR", "OT")]
+    return ours if len(ours) == count else []

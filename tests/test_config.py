@@ -54,6 +54,10 @@ def test_example_file_documents_every_key(key):
      "non-empty"),
     ({"network": {"tls": {"certificate": "c.pem"}}}, "network.tls.private_key", "required"),
     ({"routing": {"rules": [{"name": "x", "action": "drop"}]}}, "routing.rules.action", "one of"),
+    ({"network": {"max_pdu_size": 1000}}, "network.max_pdu_size", "0 (unlimited) or at least 4096"),
+    ({"network": {"max_pending": 4, "max_pending_per_address": 8}}, "network.max_pending", "at least"),
+    ({"network": {"request_timeout_s": 0}}, "network.request_timeout_s", "from 0.1 to 600"),
+    ({"http": {"echo_interval_s": 0.5}}, "http.echo_interval_s", "from 1 to 86400"),
 ])
 def test_bad_values_name_the_key(table, key, expected):
     with pytest.raises(ConfigError) as raised:
@@ -91,3 +95,14 @@ def test_serve_refuses_to_start_without_a_key(tmp_path):
 def test_unreadable_config_file_is_named(tmp_path, capsys):
     assert main(["--config", str(tmp_path / "nope.toml"), "serve"]) == 2
     assert "nope.toml" in capsys.readouterr().err
+
+
+def test_make_serve_passes_the_demo_configuration():
+    """`make serve` runs with deploy/demo.toml: valid, and naming the built-in demo detector."""
+    makefile = (REPO / "Makefile").read_text()
+    assert "SERVE_CONFIG ?= deploy/demo.toml" in makefile
+    assert "sonoshot --config $(SERVE_CONFIG) serve" in makefile
+    with open(REPO / "deploy" / "demo.toml", "rb") as f:
+        config = parse_config(tomllib.load(f))
+    assert config.detector.bundle == "demo"
+    assert config.report.key_image and config.report.not_analysed

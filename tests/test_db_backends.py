@@ -13,16 +13,18 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.exc import StatementError
 
 from sonoshot.db.lifecycle import OutboxState, StudyState
 from sonoshot.db.models import Association, Delivery, Event, Instance, Study, utcnow
-from sonoshot.db.store import NewInstance, NewResult, Store
+from sonoshot.db.store import MIGRATIONS, NewInstance, NewResult, Store
 from tests.postgres import postgres_url  # noqa: F401  (the session-scoped server fixture)
 
 PREFIX = "1.2.826.0.1.3680043.10.4321"
-TABLES = {"associations", "studies", "instances", "events", "results", "deliveries", "alembic_version"}
+TABLES = {"associations", "studies", "instances", "events", "results", "deliveries", "alembic_version",
+          "feedback", "scanners", "observations", "users"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -85,7 +87,8 @@ def test_migrate_creates_the_schema_and_is_idempotent(store):
     assert TABLES <= set(inspect(store.engine).get_table_names())
     store.migrate()  # already at head: nothing to do
     with store.engine.connect() as c:
-        assert c.scalar(text("SELECT version_num FROM alembic_version")) == "0002"
+        head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+        assert c.scalar(text("SELECT version_num FROM alembic_version")) == head
         assert {i["name"] for i in inspect(c).get_indexes("studies")} >= {"ix_studies_state"}
 
 
@@ -201,6 +204,67 @@ def test_a_result_without_destinations_is_recorded(store):
     assert store.add_result(claimed, _result(study, 1), []) is not None
     assert store.latest_result(store.study(study)).sr_sop_instance_uid == f"{study}.99.1"
     assert _events(store, "delivery", study) == ["no-destination"]
+
+
+def _not_analysed(study: str) -> NewResult:
+    return NewResult(score=None, verdict=None, threshold=None, bundle_sha256="ab" * 32, backbone="efficientnet-lite0",
+                     images_scored=0, images_quarantined=1, sr_sop_instance_uid=f"{study}.98",
+                     sr_path=f"{study}/na.dcm", predecessor_sr_uid=None, timings={"report": 0.1},
+                     kind="not-analysed", reason="pixels-unclean")
+
+
+def test_not_analysed_result_keeps_the_state_and_a_reload_requeues(store, tmp_path):
+    spool = tmp_path / "spool"
+    kept, purged = _uid(), _uid()
+    for study in (kept, purged):
+        _complete(store, study)
+        claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
+        ref = store.add_result(claimed, _not_analysed(claimed.study_instance_uid), ["pacs"],
+                               StudyState.QUARANTINED, "1 instance(s), none could be de-identified safely")
+        assert ref is not None and ref.kind == "not-analysed" and ref.paths == [ref.sr_path]
+    assert store.study(kept).state is StudyState.QUARANTINED
+    with store.read_session() as s:
+        row = s.execute(text("SELECT kind, reason, score, verdict, threshold FROM results WHERE sr_path = :p"),
+                        {"p": f"{kept}/na.dcm"}).one()
+    assert tuple(row) == ("not-analysed", "pixels-unclean", None, None, None)
+    assert _events(store, "study", kept)[-1] == "quarantined"
+    for item in store.due_deliveries("pacs"):
+        assert store.record_attempt(item, True, "0x0000", None, None) is OutboxState.DELIVERED
+    assert store.study(kept).state is StudyState.QUARANTINED  # delivered, still not analysed
+    (spool / store.instances_of(store.study(kept))[0].path).parent.mkdir(parents=True)
+    (spool / store.instances_of(store.study(kept))[0].path).write_bytes(b"DICM")
+    store.recover_after_restart(spool)  # the other study's files are gone: flagged missing
+    assert store.requeue_for_reload(StudyState.OUT_OF_SCOPE) == 0
+    assert store.requeue_for_reload(StudyState.QUARANTINED) == 1
+    assert store.study(kept).state is StudyState.COMPLETE and store.study(purged).state is StudyState.QUARANTINED
+    assert _events(store, "study", kept)[-1] == "requeued"
+    claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
+    scored = replace(_result(kept, 1), key_image_sop_instance_uid=f"{kept}.97", key_image_path=f"{kept}/ki.dcm",
+                     predecessor_sr_uid=f"{kept}.98")
+    ref = store.add_result(claimed, scored, ["pacs"])
+    assert ref.paths == [f"{kept}/sr1.dcm", f"{kept}/ki.dcm"] and store.study(kept).state is StudyState.REPORTED
+    assert store.latest_result(store.study(kept)).kind == "scored"
+
+
+def test_migration_0003_keeps_earlier_results_scored(store, tmp_path):
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from sonoshot.db.store import MIGRATIONS
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    study = _uid()
+    _complete(store, study)
+    claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
+    store.add_result(claimed, _result(study, 1), [])
+    with store.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0002")
+    assert "kind" not in {c["name"] for c in inspect(store.engine).get_columns("results")}
+    store.migrate()
+    with store.read_session() as s:
+        assert s.execute(text("SELECT kind, score FROM results")).one() == ("scored", 0.8)
 
 
 def test_recover_after_restart(store, tmp_path):
@@ -327,3 +391,31 @@ def test_byte_counts_past_2_gib(store):
     assert store.study(study).instance_count == 2
     with store.read_session() as s:
         assert s.scalar(select(Study.total_bytes).where(Study.study_instance_uid == study)) == 2**31 + 900
+
+
+def test_shadow_outbox_feedback_and_observations(store):
+    from sonoshot.db import users
+    from sonoshot.db.outbox import discard_held, hold_pending, release_held
+    from sonoshot.db.validation import (Device, NewFeedback, NewObservation, labelled_results, observations,
+                                        record_feedback, record_observations, scanners)
+
+    kept, dropped = _uid(), _uid()
+    for study in (kept, dropped):
+        _complete(store, study)
+        claimed = store.claim_study(StudyState.COMPLETE, StudyState.PROCESSING)
+        device = Device("ACME", "Sono 1", "2.0", "L12")
+        record_observations(store, claimed, [NewObservation(f"{study}.1.1", device, "BREAST", False, None, 0.7, 512,
+                                                            512, 80.0)])
+        assert store.add_result(claimed, _result(study, 1), ["pacs"]) is not None
+    assert hold_pending(store, "pacs") == 2 and store.due_deliveries("pacs") == []
+    assert discard_held(store, "tester", destination="pacs", since=utcnow() + timedelta(days=1)).withheld == 0  # none so new
+    assert release_held(store, "tester").released == 2 and len(store.due_deliveries("pacs")) == 2
+    record_feedback(store, NewFeedback(kept, "abnormal", "dr.who", "console", "127.0.0.1", "solid mass", "ris"))
+    record_feedback(store, NewFeedback(kept, "normal", "dr.who", "cli", "host"))  # the latest label counts
+    ((row,),) = [labelled_results(store)]
+    assert (row.study_instance_uid, row.label, row.scanner, row.organ) == (kept, "normal",
+                                                                           "ACME / Sono 1 / sw 2.0 / probe L12", "BREAST")
+    assert len(scanners(store)) == 1 and len(observations(store)) == 2
+    assert _events(store, "scanner", kept) == ["first-seen"] and _events(store, "scanner", dropped) == []
+    users.add_user(store, "ann", "admin", "$argon2id$hash", "test")
+    assert users.record_login(store, "ann", False, max_failed=1) is True

@@ -1,4 +1,5 @@
-"""/healthz and /metrics over real HTTP, on a free port, with a real database and storage SCP."""
+"""/livez, /readyz, /healthz and /metrics over real HTTP, on a free port, with a real database,
+storage SCP and daemon."""
 
 from __future__ import annotations
 
@@ -12,15 +13,19 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from sonoshot.config import HttpConfig, NetworkConfig
+from sonoshot.config import Destination, HttpConfig, NetworkConfig
+from sonoshot.daemon.delivery import DestinationEcho
 from sonoshot.daemon.http import database_check, detector_check, disk_check, scp_check, start_http
 from sonoshot.db.lifecycle import StudyState
 from sonoshot.daemon.metrics import Metrics
 from sonoshot.db.store import Store
 from sonoshot.dicom_io.receive import Receiver, start_scp
 from sonoshot.dicom_io.spool import Spool
+from tests.daemon import Daemon
 from tests.ops_rows import drive, new_store, receive, study_uid
-from tests.util import free_port
+from tests.peers import StoreSCP, wait_for
+from tests.scenarios import http_get
+from tests.util import free_port, require_binary
 
 
 @pytest.fixture
@@ -182,3 +187,63 @@ def test_unknown_paths_and_stop(serve):
     server.stop()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+# -- liveness and readiness ------------------------------------------------------------------
+
+def test_livez_readyz_and_the_healthz_alias(serve, store, tmp_path):
+    server = serve({"database": database_check(store), "disk": disk_check(tmp_path, 0)},
+                   ready={"detector": detector_check(lambda: None)})
+    for path in ("/livez", "/healthz"):
+        status, _, body = get(server, path)
+        assert status == 200 and set(json.loads(body)["checks"]) == {"database", "disk"}, path
+    status, _, body = get(server, "/readyz")
+    health = json.loads(body)
+    assert status == 503 and health["failing"] == ["detector"]
+    assert set(health["checks"]) == {"database", "disk", "detector"}
+
+
+def test_a_destination_echo_check_needs_a_recent_answer():
+    with pytest.raises(ValueError, match="interval_s"):
+        DestinationEcho(Destination(name="pacs", ae_title="PACS", host="127.0.0.1"), "SONOSHOT", 0)
+    probe = DestinationEcho(Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=free_port()),
+                            "SONOSHOT", 60, timeout_s=2)
+    assert probe.check() == (False, "no C-ECHO answered yet")
+    probe.probe()  # nothing listens there
+    ok, detail = probe.check()
+    assert not ok and "s ago" in detail
+
+
+def _health(daemon: Daemon, path: str) -> tuple[int, dict]:
+    status, body = http_get(daemon, path)
+    return status, json.loads(body)
+
+
+def test_a_daemon_without_a_detector_is_live_but_not_ready(tmp_path):
+    require_binary("echoscu")
+    with Daemon(tmp_path) as daemon:
+        for path in ("/livez", "/healthz"):
+            status, health = _health(daemon, path)
+            assert status == 200 and health["status"] == "ok", health
+            assert set(health["checks"]) == {"database", "disk", "scp"}
+        status, health = _health(daemon, "/readyz")
+        assert status == 503 and health["failing"] == ["detector"], health
+        assert health["checks"]["ocr"]["ok"] is True
+
+
+def test_a_daemon_with_a_detector_and_a_reachable_pacs_is_ready(tmp_path, demo_bundle):
+    require_binary("echoscu", "storescp")
+    with StoreSCP(tmp_path / "pacs", aet="PACS") as pacs:
+        daemon = Daemon(tmp_path / "sonoshot", {
+            "detector": {"bundle": str(demo_bundle)}, "http": {"echo_interval_s": 1.0},
+            "delivery": {"destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
+                                           "port": pacs.port}]}})
+        with daemon:
+            wait_for(lambda: _health(daemon, "/readyz")[0] == 200, timeout=30, interval=0.3, what="/readyz 200")
+            assert _health(daemon, "/livez")[0] == 200
+            assert "C-ECHO status 0x0000" in _health(daemon, "/readyz")[1]["checks"]["destination:pacs"]["detail"]
+            pacs.process.terminate()  # the PACS goes down
+            pacs.process.wait(timeout=10)
+            wait_for(lambda: _health(daemon, "/readyz")[1].get("failing") == ["destination:pacs"], timeout=30,
+                     interval=0.3, what="/readyz to name the unreachable PACS")
+            assert _health(daemon, "/livez")[0] == 200  # a PACS that is down does not make the node unhealthy

@@ -20,7 +20,7 @@ from sonoshot.model.evaluate import read_manifest
 from sonoshot.model.inputs import InputError, crop_box, even_indices, read_input
 from tests import util
 
-CONFIG = DetectorConfig(backbone="efficientnet-lite0")
+CONFIG = DetectorConfig(backbone="efficientnet-lite0", precision="fp32")  # the stored scores are fp32
 # Scores of QUERY (normal, normal, abnormal, abnormal) under the detector fitted below
 # (seed 0), computed once on CPU (global prototypes, patch memory, lesion probe; docs/model.md).
 REGRESSION_SCORES = [0.14713, 0.11265, 0.14545, 0.47363]

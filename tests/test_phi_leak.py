@@ -3,13 +3,17 @@
 Studies with known, distinctive patient names (Latin, Latin-1 and Cyrillic, UTF-8), IDs and birth
 dates, planted into a real ultrasound file with fresh UIDs, go through the whole pipeline (a real
 detector bundle, an Orthanc destination) with DEBUG JSON logging. Besides the normal path, one
-instance has the patient's name burned into its image (OCR finds it: quarantined), and one is
-malformed (refused at C-STORE). Then every daemon log line, the /metrics exposition and every row
-of every table are searched for the names, IDs and birth dates in common formats.
+instance has the patient's name burned into its image (the text detector finds and blanks it),
+and one is malformed (refused at C-STORE). Labels are given through the web console (a finding
+that names the patient is refused) and the CLI. Then every daemon log line, the /metrics
+exposition, every row of every table, every console page (as each role) with its audit exports,
+and the JSON of ``sonoshot performance``, ``drift`` and ``audit export`` are searched for the
+names, IDs and birth dates in common formats.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -21,8 +25,11 @@ import pydicom
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from sonoshot.cli import main
+from tests.console_client import ConsoleClient
 from tests.peers import DCMTK_ENV, Orthanc, wait_for
 from tests.scenarios import SMALL_US, acknowledged, http_get, pipeline, raw_send, storescu_args
+from tests.util import free_port
 
 PATIENTS = [
     # (PatientName, PatientID, PatientBirthDate, OtherPatientIDs)
@@ -95,12 +102,74 @@ def _db_text(daemon) -> dict[str, str]:
     return out
 
 
-def test_no_phi_in_logs_metrics_or_database(tmp_path, shared_dicom, demo_bundle):
+ACCOUNTS = {"clara": ("clinician", "clinician-password-1"), "audrey": ("auditor", "auditor-password-22"),
+            "adam": ("admin", "admin-password-333")}
+
+
+def _cli(capsys, daemon, *argv: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(["--config", str(daemon.config_path), *argv])
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+def _console_texts(daemon, studies: dict[str, tuple], capsys, monkeypatch) -> dict[str, str]:
+    """Labels through the console and the CLI, then every console page as each role and every
+    export: {where: text}."""
+    for name, (role, password) in ACCOUNTS.items():
+        monkeypatch.setattr("sys.stdin", io.StringIO(password + "\n"))
+        assert main(["--config", str(daemon.config_path), "users", "add", name, "--role", role,
+                     "--password-stdin"]) == 0
+    base = f"http://127.0.0.1:{daemon.config['console']['port']}"
+    texts: dict[str, str] = {}
+    clinician = ConsoleClient(base)
+    assert clinician.login("clara", ACCOUNTS["clara"][1]) == 200
+    uids = list(studies)
+    for uid, (name, patient_id, born, _) in list(studies.items())[:2]:
+        clinician.get(f"/studies/{uid}")
+        for finding in (f"mass, {name.split('^')[0]}", f"see {patient_id}", f"born {born:%d.%m.%Y}"):
+            _, page = clinician.post(f"/studies/{uid}/feedback", {"label": "abnormal", "finding": finding})
+            assert "finding text refused" in page.decode()
+            texts[f"refused feedback page {uid} {finding[:4]}"] = page.decode()
+    assert daemon.query("select count(*) from feedback") == [(0,)]  # every PHI finding was refused
+    clinician.get(f"/studies/{uids[0]}")
+    clinician.post(f"/studies/{uids[0]}/feedback", {"label": "abnormal", "finding": "solid mass 8 mm"})
+    code, out = _cli(capsys, daemon, "feedback", uids[1], "--label", "normal",
+                     "--finding", f"{studies[uids[1]][0].split('^')[1].split()[0]} has a cyst")
+    assert code == 1 and "refused" in out
+    texts["cli feedback refusal"] = out
+    csv_file = daemon.workdir / "labels.csv"
+    csv_file.write_text("".join(f"{uid},normal,ris\n" for uid in uids[1:]))
+    assert _cli(capsys, daemon, "feedback", "--csv", str(csv_file))[0] == 0
+    assert daemon.query("select count(*) from feedback") == [(len(uids),)]
+    pages = ["/", "/studies", "/performance", "/drift", "/queues", "/audit", "/performance/roc.png",
+             "/performance/scores.png", "/drift/scores.png", "/audit/export?format=csv&since=7d",
+             "/audit/export?format=json&since=7d", *[f"/studies/{uid}" for uid in uids]]
+    for name, (role, password) in ACCOUNTS.items():
+        client = clinician if name == "clara" else ConsoleClient(base)
+        if client is not clinician:
+            assert client.login(name, password) == 200
+        for path in pages:
+            status, body = client.get(path)
+            assert status in (200, 403), (name, path, status)
+            if status == 200 and not path.endswith(".png"):
+                texts[f"console {path} as {role}"] = body.decode("utf-8", "replace")
+    for uid in uids:  # the pages searched really are the studies' pages
+        assert uid in texts[f"console /studies/{uid} as auditor"] and "Timeline" in texts[f"console /studies/{uid} as admin"]
+    assert "study_instance_uid,patient_pseudonym" in texts["console /audit/export?format=csv&since=7d as auditor"]
+    for argv in (("performance", "--format", "json"), ("performance", "--by", "scanner"), ("drift", "--format", "json"),
+                 ("audit", "export", "--format", "json"), ("users", "list")):
+        texts[f"sonoshot {' '.join(argv)}"] = _cli(capsys, daemon, *argv)[1]
+    return texts
+
+
+def test_no_phi_in_logs_metrics_database_or_console(tmp_path, shared_dicom, demo_bundle, capsys, monkeypatch):
     needles = [n for p in PATIENTS for n in _needles(*p)]
     pacs = Orthanc(tmp_path / "orthanc")
     daemon = pipeline(tmp_path / "sonoshot", demo_bundle,
                       [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}],
-                      logging={"level": "DEBUG", "json": True})
+                      logging={"level": "DEBUG", "json": True},
+                      console={"enabled": True, "port": free_port(), "secret_key_file": str(tmp_path / "console.key")})
     files: list[Path] = []
     studies: dict[str, tuple] = {}
     for i, patient in enumerate(PATIENTS):
@@ -110,7 +179,7 @@ def test_no_phi_in_logs_metrics_or_database(tmp_path, shared_dicom, demo_bundle)
             path = tmp_path / f"p{i}-{j}.dcm"
             _plant(pydicom.dcmread(shared_dicom / SMALL_US), patient, study).save_as(path)
             files.append(path)
-    # The first patient's name burned into one more image of its study: OCR must quarantine it.
+    # The first patient's name burned into one more image of its study: the text detector must blank it.
     burned = tmp_path / "burned.dcm"
     family = PATIENTS[0][0].split("^")[0].upper()
     first_study = next(iter(studies))
@@ -142,10 +211,11 @@ def test_no_phi_in_logs_metrics_or_database(tmp_path, shared_dicom, demo_bundle)
             assert sr["PatientName"] == name and sr["PatientID"] == patient_id
         (deid_status, reason), = daemon.query("select deid_status, deid_reason from instances "
                                               "where sop_instance_uid = ?", pydicom.dcmread(burned).SOPInstanceUID)
-        assert deid_status == "quarantined", reason
+        assert deid_status == "ok", reason  # cleaned (name blanked and verified), not lost
+        console = _console_texts(daemon, studies, capsys, monkeypatch)
         metrics_status, metrics = http_get(daemon, "/metrics")
         assert metrics_status == 200
-        health = http_get(daemon, "/healthz")[1].decode()
+        health = http_get(daemon, "/livez")[1].decode() + http_get(daemon, "/readyz")[1].decode()
     log = daemon.log()  # after the drain (SIGTERM) too
 
     leaks: dict[str, list[str]] = {}
@@ -164,7 +234,10 @@ def test_no_phi_in_logs_metrics_or_database(tmp_path, shared_dicom, demo_bundle)
     if found := _search(metrics.decode("utf-8", "replace"), needles):
         leaks["/metrics"] = found
     if found := _search(health, needles):
-        leaks["/healthz"] = found
+        leaks["/livez, /readyz"] = found
+    for where, text in console.items():
+        if found := _search(text, needles):
+            leaks[where] = found
     for table, text in _db_text(daemon).items():
         if found := _search(text, needles):
             leaks[f"table {table}"] = found

@@ -156,4 +156,5 @@ def test_undecodable_study_is_quarantined_not_reported(tmp_path, shared_dicom, d
         report = json.loads((daemon.workdir / "var" / "quarantine" / ds.StudyInstanceUID
                              / f"{ds.SOPInstanceUID}.json").read_text())
         assert report["ok"] is False and "JPEG XL" in report["quarantine_reason"]
-        assert daemon.query("select count(*) from results") == [(0,)]
+        # Not reported as scored: the only result is the "not analysed" SR, waiting for the PACS.
+        assert daemon.query("select kind, reason, score from results") == [("not-analysed", "undecodable", None)]

@@ -11,9 +11,11 @@ from sonoshot.dicom_io.pixels import (
     RegionError,
     UltrasoundRegion,
     UndecodableError,
+    UnsupportedTransferSyntaxError,
     frame_count,
     frame_format,
     iter_frames,
+    region_geometry,
     ultrasound_regions,
 )
 from tests.util import testdata as pydicom_file
@@ -86,7 +88,7 @@ def test_monochrome_is_not_inverted():
 
 def test_jpeg_xl_is_undecodable_with_its_name(shared_dicom):
     ds = pydicom.dcmread(shared_dicom / "dcm4che-will-jxl.dcm")
-    with pytest.raises(UndecodableError, match=r"1\.2\.840\.10008\.1\.2\.4\.111 \(JPEG XL"):
+    with pytest.raises(UnsupportedTransferSyntaxError, match=r"1\.2\.840\.10008\.1\.2\.4\.111 \(JPEG XL"):
         next(iter_frames(ds))
 
 
@@ -110,18 +112,35 @@ def test_regions_are_read_and_validated(shared_dicom):
     assert regions[0].spatial_format == 1
 
 
-@pytest.mark.parametrize("name", ["examples_ybr_color.dcm", "OBXXXX1A_rle_2frame.dcm"])
-def test_region_exceeding_the_image_is_rejected_not_clipped(name):
-    ds = pydicom.dcmread(pydicom_file(name), stop_before_pixels=True)
-    with pytest.raises(RegionError, match="does not fit"):
-        ultrasound_regions(ds)
+def test_region_one_pixel_past_the_image_is_clipped_and_reported():
+    ds = pydicom.dcmread(pydicom_file("OBXXXX1A_rle_2frame.dcm"), stop_before_pixels=True)  # Philips CX50
+    geometry = region_geometry(ds)
+    assert ds.SequenceOfUltrasoundRegions[0].RegionLocationMaxX1 == ds.Columns == 800
+    assert [r.bounds for r in geometry.regions] == [(120, 60, 799, 518), (176, 522, 743, 576)]
+    assert geometry.clipped == (0,) and geometry.problem == ""
 
 
-def test_region_missing_a_coordinate_is_rejected(shared_dicom):
+@pytest.mark.parametrize("name", ["examples_ybr_color.dcm", "examples_palette.dcm"])
+def test_regions_of_other_pixels_are_not_trusted(name):
+    ds = pydicom.dcmread(pydicom_file(name), stop_before_pixels=True)  # 640×480 regions, 320×240 pixels
+    geometry = region_geometry(ds)
+    assert geometry.regions == () and "do not describe these pixels" in geometry.problem
+    assert ultrasound_regions(ds) == []
+
+
+def test_overshoot_limit_is_two_pixels(shared_dicom):
+    ds = pydicom.dcmread(shared_dicom / "orthanc-Issue16.dcm", stop_before_pixels=True)  # 480 columns
+    ds.SequenceOfUltrasoundRegions[0].RegionLocationMaxX1 = 481
+    assert region_geometry(ds).clipped == (0,)
+    ds.SequenceOfUltrasoundRegions[0].RegionLocationMaxX1 = 482
+    assert region_geometry(ds).regions == ()
+
+
+def test_region_missing_a_coordinate_is_not_trusted(shared_dicom):
     ds = pydicom.dcmread(shared_dicom / "orthanc-Issue16.dcm", stop_before_pixels=True)
     del ds.SequenceOfUltrasoundRegions[1].RegionLocationMaxY1
-    with pytest.raises(RegionError, match="region 1 lacks RegionLocationMaxY1"):
-        ultrasound_regions(ds)
+    geometry = region_geometry(ds)
+    assert geometry.regions == () and geometry.problem == "ultrasound region 1 lacks RegionLocationMaxY1"
 
 
 @pytest.mark.parametrize("bounds", [(-1, 0, 5, 5), (6, 0, 5, 5), (0, 6, 5, 5)])

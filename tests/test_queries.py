@@ -97,7 +97,7 @@ def test_counts_by_state_queues_and_associations(store):
     assert by_state["delivered"] == by_state["complete"] == by_state["receiving"] == 1
     assert by_state["processing"] == by_state["failed"] == 0
     assert queries.queue_depths(store) == {"complete": 1, "processing": 0, "awaiting-detector": 1,
-                                           "pending-deliveries": 1}
+                                           "pending-deliveries": 1, "held-deliveries": 0}
     assert queries.open_associations(store) == 0
     first = store.open_association("MODALITY", "SONOSHOT", "127.0.0.1")
     store.open_association("MODALITY", "SONOSHOT", "127.0.0.1")

@@ -333,3 +333,23 @@ def test_maximum_associations_and_sigterm_drain(tmp_path):
         assert echo("127.0.0.1", d.port, d.aet)
         assert d.stop() == 0
         assert "stopping: draining work in progress" in d.log()
+
+
+def test_study_workers_run_below_the_receiver(daemon):
+    """The worker thread (and what it starts) has a higher nice value than the receiving threads."""
+    nice = {}
+    for task in Path(f"/proc/{daemon.process.pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        nice[int(task.name)] = int(fields[16])  # field 19 of stat: nice
+    assert nice[daemon.process.pid] == 0
+    assert sorted(set(nice.values())) == [0, 10], nice
+
+
+def test_released_associations_are_recorded_as_released(daemon):
+    """The peer's close can beat EVT_RELEASED now that the release answer goes out at once."""
+    before = daemon.query("select max(id) from associations")[0][0] or 0
+    for _ in range(10):
+        assert echo("127.0.0.1", daemon.port, daemon.aet, calling_aet="RELEASER")
+    wait_for(lambda: len(daemon.query("select id from associations where id > ? and ended_at is not null",
+                                      before)) == 10, what="10 association rows closed")
+    assert daemon.query("select distinct outcome from associations where id > ?", before) == [("released",)]

@@ -150,7 +150,8 @@ class ScriptedSCP:
 def test_refusing_busy_and_unreachable_pacs(tmp_path, shared_dicom, demo_bundle):
     require_binary("storescu")
     down_port = free_port()  # nothing listens here
-    with ScriptedSCP([0xA700, 0xA700, 0x0000], "BUSYPACS") as busy, ScriptedSCP([0xC000], "REFUSER") as refuser:
+    # Each attempt stores the SR and its key image: two C-STOREs, two scripted statuses.
+    with ScriptedSCP([0xA700] * 4 + [0x0000], "BUSYPACS") as busy, ScriptedSCP([0xC000], "REFUSER") as refuser:
         daemon = pipeline(tmp_path / "sonoshot", demo_bundle, [
             {"name": "busy", "ae_title": busy.aet, "host": "127.0.0.1", "port": busy.port},
             {"name": "refusing", "ae_title": refuser.aet, "host": "127.0.0.1", "port": refuser.port},
@@ -168,8 +169,8 @@ def test_refusing_busy_and_unreachable_pacs(tmp_path, shared_dicom, demo_bundle)
             assert rows == {"busy": ("delivered", 3),  # out of resources (transient) twice, then stored
                             "refusing": ("dead-letter", 1),  # 0xC000 is permanent: no retry
                             "down": ("dead-letter", 3)}  # unreachable: retried up to max_attempts
-            (sr_uid,) = [u for (u,) in daemon.query("select sr_sop_instance_uid from results")]
-            assert busy.received == [sr_uid] * 3 and refuser.received == [sr_uid]
+            ((sr_uid, key_uid),) = daemon.query("select sr_sop_instance_uid, key_image_sop_instance_uid from results")
+            assert busy.received == [sr_uid, key_uid] * 3 and refuser.received == [sr_uid, key_uid]
             assert http_get(daemon, "/healthz")[0] == 200  # a bad PACS does not make the node unhealthy
             status, metrics = http_get(daemon, "/metrics")
             assert status == 200 and b"sonoshot" in metrics

@@ -17,6 +17,7 @@ from sonoshot.dicom_io.report import (
     ImageScoreRef,
     PredecessorRef,
     QuarantinedRef,
+    RegionRef,
     StudyResult,
     VerdictValues,
     build_report,
@@ -50,8 +51,20 @@ def _encode(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def _image(ds: Dataset, score: float = 0.8, frames: tuple[int, ...] = (1, 12, 23, 34)) -> ImageScoreRef:
-    return ImageScoreRef(str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), score, frames)
+SQUARE = ((100.5, 50.5), (160.5, 50.5), (160.5, 120.5), (100.5, 120.5), (100.5, 50.5))
+TRIANGLE = ((300.5, 200.5), (420.5, 210.5), (350.5, 300.5), (300.5, 200.5))
+
+
+def _image(ds: Dataset, score: float = 0.8, frames: tuple[int, ...] = (1, 12, 23, 34),
+           regions: tuple[RegionRef, ...] = ()) -> ImageScoreRef:
+    return ImageScoreRef(str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), score, frames,
+                         regions)
+
+
+def _flagged(ds: Dataset) -> ImageScoreRef:
+    """The cine with two anomalous areas on frame 12 and one on frame 23."""
+    return _image(ds, regions=(RegionRef(12, 0.8, SQUARE), RegionRef(12, 0.8, TRIANGLE),
+                               RegionRef(23, 0.7, SQUARE)))
 
 
 def _result(*images: ImageScoreRef, study: str, **overrides) -> StudyResult:
@@ -130,8 +143,9 @@ def test_originals_are_not_modified(cine, result):
     assert _encode(cine) == before  # absent Type 2 attributes are filled in the SR only
 
 
-def test_dciodvfy_reports_no_errors(cine, late, result, tmp_path):
+def test_dciodvfy_reports_no_errors(cine, late, tmp_path):
     require_binary("dciodvfy")
+    result = _result(_flagged(cine), study=str(cine.StudyInstanceUID), description="demo detector: breast")
     first = build_report([cine], result)
     update = _result(_image(cine), _image(late, 0.3, (2,)), study=str(cine.StudyInstanceUID))
     second = build_report([cine, late], update, PredecessorRef.from_dataset(first))
@@ -269,7 +283,7 @@ def test_build_report_rejects_inconsistent_originals(cine, late, result):
     study = str(cine.StudyInstanceUID)
     with pytest.raises(ValueError, match='"originals".*Study Instance UID'):
         build_report([cine, other], result)
-    with pytest.raises(ValueError, match='"originals" lacks evaluated instance'):
+    with pytest.raises(ValueError, match='"originals" lacks referenced instance'):
         build_report([late], result)
     wrong_series = dataclasses.replace(_image(cine), series_instance_uid="1.2.3")
     with pytest.raises(ValueError, match='"result".*differs'):
@@ -301,3 +315,90 @@ def test_read_result_rejects_other_documents(cine):
     foreign.SOPClassUID = ComprehensiveSRStorage
     with pytest.raises(ValueError, match='"dataset"'):
         read_result(foreign)
+
+
+def test_regions_round_trip_as_tid_1410_polylines(cine):
+    result = _result(_flagged(cine), study=str(cine.StudyInstanceUID), description="demo detector: breast")
+    ds = _round_trip(build_report([cine], result))
+    back = read_result(ds)
+    assert back == result and len(back.image_scores[0].regions) == 3
+    assert back.image_scores[0].regions[1].points == TRIANGLE
+    (measurements,) = [i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    groups = measurements.ContentSequence
+    regions = [g for g in groups if g.ContentTemplateSequence[0].TemplateIdentifier == "1410"]
+    assert len(regions) == 3
+    (scoord,) = [i for i in regions[0].ContentSequence if i.ValueType == "SCOORD"]
+    assert scoord.ConceptNameCodeSequence[0].CodeValue == "111030" and scoord.GraphicType == "POLYLINE"
+    assert list(scoord.GraphicData) == [v for point in SQUARE for v in point]
+    (image,) = scoord.ContentSequence
+    assert image.RelationshipType == "SELECTED FROM" and image.ValueType == "IMAGE"
+    assert (image.ConceptNameCodeSequence[0].CodeValue, image.ConceptNameCodeSequence[0].CodingSchemeDesignator) \
+        == ("111040", "DCM")
+    assert image.ReferencedSOPSequence[0].ReferencedFrameNumber == 12
+    texts = [i.TextValue for i in _walk(ds.ContentSequence) if i.ValueType == "TEXT"]
+    assert "description=demo detector: breast" in texts and "demo detector: breast" in texts
+
+
+def test_regions_meet_what_orthanc_stone_reads(cine):
+    """The conditions of Orthanc Stone's TID 1500 reader (OrthancStone/Sources/Toolbox/
+    DicomStructuredReport.cpp) for drawing a region, checked on our document: every measurement
+    group names its template; each evidence instance is listed once; a TID 1410 group's SCOORD
+    (111030, DCM) POLYLINE is SELECTED FROM one IMAGE named (111040, DCM) that is in the evidence,
+    with its frame number."""
+    result = _result(_flagged(cine), study=str(cine.StudyInstanceUID))
+    ds = _round_trip(build_report([cine], result))
+    assert (ds.Modality, ds.SOPClassUID, ds.ValueType) == ("SR", ComprehensiveSRStorage, "CONTAINER")
+    assert ds.ConceptNameCodeSequence[0].CodeValue == "126000"
+    assert ds.ContentTemplateSequence[0].MappingResource == "DCMR"
+    evidence = [ref.ReferencedSOPInstanceUID for study in ds.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence]
+    assert len(evidence) == len(set(evidence))
+    (measurements,) = [i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    drawn = []
+    for group in measurements.ContentSequence:
+        assert group.ConceptNameCodeSequence[0].CodeValue == "125007"
+        assert group.ContentTemplateSequence[0].MappingResource == "DCMR"  # Stone throws without it
+        if group.ContentTemplateSequence[0].TemplateIdentifier != "1410":
+            continue
+        for item in group.ContentSequence:
+            if item.ValueType == "SCOORD" and item.ConceptNameCodeSequence[0].CodeValue == "111030":
+                (image,) = item.ContentSequence
+                code = image.ConceptNameCodeSequence[0]
+                if (image.RelationshipType, image.ValueType, code.CodingSchemeDesignator, code.CodeValue) \
+                        == ("SELECTED FROM", "IMAGE", "DCM", "111040"):
+                    (ref,) = image.ReferencedSOPSequence
+                    assert ref.ReferencedSOPInstanceUID in evidence
+                    drawn.append((item.GraphicType, int(ref.ReferencedFrameNumber)))
+    assert drawn == [("POLYLINE", 12), ("POLYLINE", 12), ("POLYLINE", 23)]
+
+
+@pytest.mark.parametrize("kwargs, error, field", [
+    (dict(frame=0), ValueError, "frame"),
+    (dict(frame=1.0), TypeError, "frame"),
+    (dict(score=1.2), ValueError, "score"),
+    (dict(points=SQUARE[:-1]), ValueError, "points"),
+    (dict(points=((1.0, 1.0), (2.0, 2.0), (1.0, 1.0), (1.0, 1.0))), ValueError, "points"),
+    (dict(points=((1.0, -1.0), (2.0, 2.0), (3.0, 1.0), (1.0, -1.0))), ValueError, "points"),
+    (dict(points=((1.0, 2.0, 3.0),) * 4), ValueError, "points"),
+    (dict(points="abc"), TypeError, "points"),
+])
+def test_region_ref_validation(kwargs, error, field):
+    with pytest.raises(error, match=f'"{field}"'):
+        RegionRef(**{**dict(frame=2, score=0.5, points=SQUARE), **kwargs})
+
+
+def test_regions_must_be_on_scored_frames_inside_the_image(cine, shared_dicom):
+    with pytest.raises(ValueError, match='"regions"'):
+        _image(cine, regions=(RegionRef(2, 0.8, SQUARE),))
+    with pytest.raises(ValueError, match='"regions"'):
+        _image(cine, frames=(), regions=(RegionRef(1, 0.8, SQUARE),))
+    single = pydicom.dcmread(shared_dicom / "orthanc-1.2.840.10008.1.2.4.50.dcm", stop_before_pixels=True)
+    with pytest.raises(ValueError, match='"regions"'):
+        _image(single, frames=(), regions=(RegionRef(1, 0.8, SQUARE),))
+    outside = ((470.5, 400.5), (490.5, 400.5), (480.5, 420.5), (470.5, 400.5))  # the cine is 480 columns
+    with pytest.raises(ValueError, match="outside"):
+        build_report([cine], _result(_image(cine, regions=(RegionRef(1, 0.8, outside),)),
+                                     study=str(cine.StudyInstanceUID)))
+    ok = _result(_image(single, 0.7, (), (RegionRef(None, 0.7, SQUARE),)), study=str(single.StudyInstanceUID))
+    (image,) = read_result(_round_trip(build_report([single], ok))).image_scores
+    assert image.regions[0].frame is None

@@ -8,11 +8,11 @@ import pytest
 from sqlalchemy import select
 
 from sonoshot.config import RetentionConfig
-from sonoshot.db.lifecycle import StudyState
+from sonoshot.db.lifecycle import OutboxState, StudyState
 from sonoshot.daemon.retention import PurgeCounts, purge_expired
-from sonoshot.db.models import Event, Instance, utcnow
+from sonoshot.db.models import Event, Instance, Result, utcnow
 from sonoshot.db.store import NewInstance
-from tests.ops_rows import drive, new_store, receive, study_uid
+from tests.ops_rows import add_delivery, drive, new_store, receive, study_uid
 
 RETENTION = RetentionConfig(spool_days=30, work_days=1)
 
@@ -51,7 +51,7 @@ def _after(days: float):
 
 
 SETTLED_STATES = [StudyState.DELIVERED, StudyState.DEAD_LETTER, StudyState.IGNORED, StudyState.QUARANTINED,
-                  StudyState.FAILED]
+                  StudyState.FAILED, StudyState.OUT_OF_SCOPE]
 
 
 @pytest.mark.parametrize("state", SETTLED_STATES, ids=lambda s: s.value)
@@ -80,6 +80,31 @@ def test_unsettled_study_is_never_touched(site, state):
     assert sorted(p for p in (spool / uid).rglob("*")) == before
     assert (work / uid / "deid" / "1.dcm").is_file()
     assert not _retention_events(store)
+
+
+def test_a_not_analysed_report_still_in_the_outbox_keeps_the_study(site):
+    """A quarantined study whose "not analysed" SR (and a key image of an earlier result) is not
+    delivered yet keeps its files; once delivered, they all go."""
+    store, spool, work = site
+    uid = _study(store, spool, work, 1, StudyState.QUARANTINED)
+    reports = [f".reports/{uid}/{name}.dcm" for name in ("na", "ki")]
+    for relative in reports:
+        (spool / relative).parent.mkdir(parents=True, exist_ok=True)
+        (spool / relative).write_bytes(b"report")
+    with store.session() as s:
+        row = Result(study_id=store.study(uid).id, generation=1, kind="not-analysed", reason="pixels-unclean",
+                     bundle_sha256="ab" * 32, backbone="efficientnet-lite0", images_scored=0, images_quarantined=2,
+                     sr_sop_instance_uid=f"{uid}.98", sr_path=reports[0], key_image_path=reports[1],
+                     timings={"report": 0.1})
+        s.add(row)
+        s.flush()
+        result_id = row.id
+    add_delivery(store, result_id, "pacs", OutboxState.PENDING)
+    assert purge_expired(store, spool, work, RETENTION, now=_after(3650)) == PurgeCounts()
+    (pending,) = store.due_deliveries("pacs")
+    store.record_attempt(pending, True, "0x0000", None, None)
+    counts = purge_expired(store, spool, work, RETENTION, now=_after(3650))
+    assert counts.spool_files == 2 + 2 and not (spool / ".reports" / uid).exists()
 
 
 def test_work_copies_go_first_then_spool(site):

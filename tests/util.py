@@ -29,8 +29,9 @@ def free_port() -> int:
 
 
 def require_binary(*names: str) -> None:
-    """Fail (in CI) or skip (elsewhere) when a real peer program is missing."""
-    missing = [n for n in names if shutil.which(n) is None]
+    """Fail (in CI) or skip (elsewhere) when a real peer program (a name on PATH, or the
+    absolute path of a file such as an Orthanc plugin) is missing."""
+    missing = [n for n in names if shutil.which(n) is None and not (os.path.isabs(n) and os.path.isfile(n))]
     if missing:
         message = f"peer programs missing: {', '.join(missing)} (make test installs them as root)"
         if os.environ.get("CI"):

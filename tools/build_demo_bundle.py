@@ -61,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     chosen = pick(read_manifest(args.busi), args.per_class)
-    config = DetectorConfig(backbone=BACKBONE)
+    config = DetectorConfig(backbone=BACKBONE, precision="fp32")  # the same bundle on any CPU
     images = {label: [read_input(args.busi / e.file, 1) for e in chosen[label]] for label in (0, 1)}
     backbone = create_backbone(config)
     detector = fit_detector(backbone, images[0], images[1], config, seed=0, scope=SCOPE,

@@ -12,6 +12,9 @@ and a bad key exits with 2.
 | :mod:`.model` | ``fit``, ``eval``, ``model pull`` |
 | :mod:`.admin` | ``status``, ``studies``, ``resend``, ``route``, ``echo`` |
 | :mod:`.audit` | ``audit export`` |
+| :mod:`.validation` | ``feedback``, ``performance``, ``drift`` |
+| :mod:`.shadow` | ``release`` |
+| :mod:`.users` | ``users add``, ``users passwd``, ``users remove``, ``users list`` |
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import sys
 import click
 
 from sonoshot import __version__
-from sonoshot.cli import admin, audit, deid, model, serve
+from sonoshot.cli import admin, audit, deid, model, serve, shadow, users, validation
 from sonoshot.config import ConfigError
 
 EXIT_CONFIG = 2
@@ -36,7 +39,8 @@ def cli(config_path: str | None) -> None:
 
 
 for _command in (serve.serve, deid.keygen, deid.anonymize, model.fit, model.eval_, model.model,
-                 admin.status, admin.studies, admin.resend, admin.route, admin.echo, audit.audit):
+                 admin.status, admin.studies, admin.resend, admin.route, admin.echo, audit.audit,
+                 validation.feedback, validation.performance, validation.drift, shadow.release, users.users):
     cli.add_command(_command)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from sonoshot.cli.common import Since, open_store, utc_text
+from sonoshot.cli.common import Since, open_store
 
 
 @click.group()
@@ -26,32 +26,18 @@ def audit() -> None:
 @click.pass_context
 def audit_export(ctx: click.Context, since: datetime | None, fmt: str, out: Path | None) -> None:
     """Per study: received, completed, de-identified, scored and delivered times, model hash, outcome."""
-    import csv
-    import dataclasses
-    import io
-    import json
-
-    from sonoshot.db.queries import AuditRow, audit_rows
+    from sonoshot.db.exports import audit_text
+    from sonoshot.db.queries import audit_rows
 
     store = open_store(ctx)
     try:
         rows = audit_rows(store, since)
     finally:
         store.dispose()
-    fields = [f.name for f in dataclasses.fields(AuditRow)]
-    records = [{k: utc_text(v) if isinstance(v, datetime) else v for k, v in dataclasses.asdict(r).items()}
-               for r in rows]
-    if fmt == "json":
-        text = json.dumps(records, indent=2) + "\n"
-    else:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(records)
-        text = buffer.getvalue()
+    text = audit_text(rows, fmt)
     if out is None:
         click.echo(text, nl=False)
     else:
         out.write_text(text)
-        click.echo(f"wrote {len(records)} studies to {out}", err=True)
+        click.echo(f"wrote {len(rows)} studies to {out}", err=True)
 

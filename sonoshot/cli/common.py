@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 import click
 
 from sonoshot.config import Config, load_config
+from sonoshot.db.exports import utc_text
+
+__all__ = ["Since", "config_of", "open_store", "text_table", "utc_text"]
 
 if TYPE_CHECKING:
     from sonoshot.db.store import Store
@@ -57,10 +60,6 @@ def open_store(ctx: click.Context) -> Store:
         return open_existing(config_of(ctx).database.url)
     except DatabaseNotReady as exc:
         raise click.ClickException(str(exc)) from exc
-
-
-def utc_text(moment: datetime | None) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else "-"
 
 
 def text_table(header: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:

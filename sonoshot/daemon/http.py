@@ -4,15 +4,22 @@
 The operations endpoint on ``http.bind_address:http.port`` (local by default), served by a
 standard-library :class:`~http.server.ThreadingHTTPServer` in a background thread:
 
+``GET /livez``
+    Liveness: sonoshot can safely accept instances (the process is up, the storage SCP
+    listens, the database answers, the spool's disk is above the watermark). ``200 {"status":
+    "ok", "checks": {...}}`` when every liveness check passes, else ``503`` with ``"status":
+    "failing"`` and the failing checks named in ``"failing"``. What a supervisor restarts on.
+``GET /readyz``
+    Readiness: the liveness checks and those that say results will flow (a detector loaded,
+    the OCR control passed, each destination answered a recent C-ECHO); same answers.
 ``GET /healthz``
-    ``200 {"status": "ok", "checks": {...}}`` when every check passes, else ``503`` with
-    ``"status": "failing"`` and the failing checks named in ``"failing"``. Each check is a
-    callable returning ``(ok, detail)``; one that raises or takes longer than
-    ``check_timeout_s`` fails.
+    An alias of ``/livez``.
 ``GET /metrics``
     The Prometheus exposition of one dedicated registry (see :mod:`sonoshot.daemon.metrics`).
 
-Nothing here reads patient data: details name folders, sizes and states only.
+Each check is a callable returning ``(ok, detail)``; one that raises or takes longer than
+``check_timeout_s`` fails. Nothing here reads patient data: details name folders, sizes, states
+and configured destination names only.
 """
 
 from __future__ import annotations
@@ -89,19 +96,30 @@ def detector_check(describe_detector: Callable[[], str | None]) -> Check:
     return check
 
 
+def ocr_check(enabled: bool) -> Check:
+    """Passes when OCR verification is off, or on and its positive control passed at start-up
+    (the service does not start when it fails)."""
+    def check() -> tuple[bool, str]:
+        if not enabled:
+            return True, "deid.ocr = false: cleaned pixels are not verified by OCR"
+        return True, "tesseract read the control text at start-up"
+    return check
+
+
 class OpsServer(ThreadingHTTPServer):
-    """``/healthz`` and ``/metrics``; :func:`start_http` starts it, :meth:`stop` stops it."""
+    """``/livez``, ``/readyz``, ``/healthz`` and ``/metrics``; :func:`start_http` starts it,
+    :meth:`stop` stops it."""
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], checks: Mapping[str, Check], registry: CollectorRegistry,
-                 check_timeout_s: float) -> None:
+    def __init__(self, address: tuple[str, int], live: Mapping[str, Check], ready: Mapping[str, Check],
+                 registry: CollectorRegistry, check_timeout_s: float) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, OpsHandler)
-        self.checks = checks
+        self.live, self.ready = live, ready
         self.registry = registry
         self.check_timeout_s = check_timeout_s
-        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="healthz")
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="health")
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
                                        name="sonoshot-http", daemon=True)
 
@@ -109,9 +127,9 @@ class OpsServer(ThreadingHTTPServer):
     def port(self) -> int:
         return self.server_address[1]
 
-    def run_checks(self) -> dict[str, tuple[bool, str]]:
-        """Run every check concurrently; a check that raises or times out fails."""
-        futures = {name: self.executor.submit(check) for name, check in list(self.checks.items())}
+    def run_checks(self, checks: Mapping[str, Check]) -> dict[str, tuple[bool, str]]:
+        """Run ``checks`` concurrently; a check that raises or times out fails."""
+        futures = {name: self.executor.submit(check) for name, check in list(checks.items())}
         results: dict[str, tuple[bool, str]] = {}
         for name, future in futures.items():
             try:
@@ -133,28 +151,31 @@ class OpsServer(ThreadingHTTPServer):
 
 
 class OpsHandler(BaseHTTPRequestHandler):
-    """Answers GET /healthz and GET /metrics; anything else is 404 (or 405 for other methods)."""
+    """Answers GET /livez, /readyz, /healthz and /metrics; anything else is 404 (or 405 for other methods)."""
 
     server: OpsServer
     server_version = "sonoshot"
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
-        if path == "/healthz":
-            self._healthz()
+        if path in ("/livez", "/healthz"):
+            self._health(path, self.server.live)
+        elif path == "/readyz":
+            self._health(path, {**self.server.live, **self.server.ready})
         elif path == "/metrics":
             self._metrics()
         else:
-            self._send(HTTPStatus.NOT_FOUND, b"not found: try /healthz or /metrics\n", "text/plain; charset=utf-8")
+            self._send(HTTPStatus.NOT_FOUND, b"not found: try /livez, /readyz or /metrics\n",
+                       "text/plain; charset=utf-8")
 
-    def _healthz(self) -> None:
-        results = self.server.run_checks()
+    def _health(self, path: str, checks: Mapping[str, Check]) -> None:
+        results = self.server.run_checks(checks)
         failing = sorted(name for name, (ok, _detail) in results.items() if not ok)
-        checks = {name: {"ok": ok, "detail": detail} for name, (ok, detail) in results.items()}
-        body: dict[str, Any] = {"status": "failing" if failing else "ok", "checks": checks}
+        shown = {name: {"ok": ok, "detail": detail} for name, (ok, detail) in results.items()}
+        body: dict[str, Any] = {"status": "failing" if failing else "ok", "checks": shown}
         if failing:
             body["failing"] = failing
-            log.info("healthz failing: %s", ", ".join(f"{n} ({results[n][1]})" for n in failing))
+            log.info("%s failing: %s", path.lstrip("/"), ", ".join(f"{n} ({results[n][1]})" for n in failing))
         self._send(HTTPStatus.SERVICE_UNAVAILABLE if failing else HTTPStatus.OK,
                    json.dumps(body, sort_keys=True).encode() + b"\n", "application/json")
 
@@ -174,19 +195,20 @@ class OpsHandler(BaseHTTPRequestHandler):
         log.debug("http %s: " + format, self.client_address[0], *args)
 
 
-def start_http(config: HttpConfig, checks: Mapping[str, Check], registry: CollectorRegistry,
-               check_timeout_s: float = CHECK_TIMEOUT_S) -> OpsServer:
+def start_http(config: HttpConfig, live: Mapping[str, Check], registry: CollectorRegistry,
+               check_timeout_s: float = CHECK_TIMEOUT_S, ready: Mapping[str, Check] | None = None) -> OpsServer:
     """Bind ``config.bind_address:config.port`` and serve in a background thread.
 
-    ``checks`` is read at each ``/healthz`` request, so the caller may add checks later. The
-    caller decides whether to start it at all (``config.enabled``).
+    ``live`` are the liveness checks (``/livez``, ``/healthz``); ``/readyz`` runs them and
+    ``ready``. Both are read at each request, so the caller may add checks later. The caller
+    decides whether to start it at all (``config.enabled``).
 
     Raises
     ------
     OSError
         If the address cannot be bound (port in use, address not local).
     """
-    server = OpsServer((config.bind_address, config.port), checks, registry, check_timeout_s)
+    server = OpsServer((config.bind_address, config.port), live, ready or {}, registry, check_timeout_s)
     server.thread.start()
-    log.info("http: /healthz and /metrics on %s:%d", config.bind_address, server.port)
+    log.info("http: /livez, /readyz, /healthz and /metrics on %s:%d", config.bind_address, server.port)
     return server

@@ -18,19 +18,24 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sonoshot.db import queries
 from sonoshot.db.store import Store
+from sonoshot.dicom_io.not_analysed import NotAnalysedReason
 
 log = logging.getLogger(__name__)
 
 #: ``outcome`` label values of ``sonoshot_instances_received_total``.
 INSTANCE_OUTCOMES = ("stored", "duplicate", "refused")
+#: ``reason`` label values of ``sonoshot_connections_refused_total`` (see docs/operations.md).
+REFUSAL_REASONS = ("pending-per-address", "pending-total", "pending-evicted", "request-timeout", "tls-handshake", "pdu-too-large",
+                   "pdu-unknown-type", "pdu-unexpected", "pdu-malformed", "pdu-timeout", "dimse-malformed",
+                   "dimse-too-large", "disk-full")
 #: ``stage`` label values of ``sonoshot_stage_duration_seconds``.
-STAGES = ("deidentify", "detect", "report", "deliver")
+STAGES = ("deidentify", "detect", "regions", "report", "key-image", "deliver")
 #: Histogram buckets in seconds: from a fast SR build to a slow PACS or a long cine study on CPU.
 STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
@@ -43,7 +48,8 @@ def _check_label(name: str, value: str, allowed: Iterable[str]) -> str:
 
 
 class DatabaseCollector(Collector):
-    """Study counts by state, queue depths and open associations, queried at each scrape.
+    """Study counts by state, queue depths, open associations and "not analysed" results by
+    reason, queried at each scrape.
 
     When the database cannot be read, only ``sonoshot_database_up 0`` is exported (the
     failure is logged), so a scrape never fails because of it.
@@ -59,17 +65,20 @@ class DatabaseCollector(Collector):
             GaugeMetricFamily("sonoshot_queue_depth", "Work waiting: studies per queue state, outbox rows pending.",
                               labels=["queue"]),
             GaugeMetricFamily("sonoshot_open_associations", "DICOM associations accepted and not yet ended."),
+            GaugeMetricFamily("sonoshot_not_analysed_results", '"Not analysed" reports recorded, by the study\'s '
+                              "reason.", labels=["reason"]),
         )
 
     def describe(self) -> Iterator[Metric]:
         yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
-        up, studies, queues, associations = self._families()
+        up, studies, queues, associations, not_analysed = self._families()
         try:
             by_state = queries.studies_by_state(self.store)
             depths = queries.queue_depths(self.store)
             open_count = queries.open_associations(self.store)
+            by_reason = queries.not_analysed_by_reason(self.store)
         except Exception as exc:  # any driver error: report the database as down, keep the scrape
             log.warning("metrics: database unavailable (%s)", type(exc).__name__)
             up.add_metric([], 0)
@@ -81,7 +90,9 @@ class DatabaseCollector(Collector):
         for queue, count in depths.items():
             queues.add_metric([queue], count)
         associations.add_metric([], open_count)
-        yield from (up, studies, queues, associations)
+        for reason in NotAnalysedReason:
+            not_analysed.add_metric([reason.value], by_reason.get(reason.value, 0))
+        yield from (up, studies, queues, associations, not_analysed)
 
 
 class DiskCollector(Collector):
@@ -132,7 +143,15 @@ class Metrics:
         self.delivery_failures = Counter(
             "sonoshot_delivery_failures", "Failed delivery attempts, by destination.", ["destination"],
             registry=registry)
+        self.connections_refused = Counter(
+            "sonoshot_connections_refused", "DICOM connections closed by the connection limits, by reason.", ["reason"],
+            registry=registry)
+        self.pending_connections = Gauge(
+            "sonoshot_pending_connections", "DICOM connections accepted that have not sent an A-ASSOCIATE-RQ yet.",
+            registry=registry)
         self.destinations = tuple(destinations)
+        for reason in REFUSAL_REASONS:
+            self.connections_refused.labels(reason=reason)
         for outcome in INSTANCE_OUTCOMES:
             self.instances_received.labels(outcome=outcome)
         for stage in STAGES:
@@ -151,6 +170,16 @@ class Metrics:
             If ``outcome`` is not in :data:`INSTANCE_OUTCOMES`.
         """
         self.instances_received.labels(outcome=_check_label("outcome", outcome, INSTANCE_OUTCOMES)).inc()
+
+    def connection_refused(self, reason: str) -> None:
+        """Count one connection closed by the connection limits, for one of :data:`REFUSAL_REASONS`.
+
+        Raises
+        ------
+        ValueError
+            If ``reason`` is not in :data:`REFUSAL_REASONS`.
+        """
+        self.connections_refused.labels(reason=_check_label("reason", reason, REFUSAL_REASONS)).inc()
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         """Record how long one study took in ``stage`` (one of :data:`STAGES`).

@@ -1,9 +1,10 @@
 """retention.py
 ============
 
-The retention job: once a study has settled (delivered, dead-letter, ignored, quarantined or
-failed; :data:`sonoshot.db.lifecycle.SETTLED`) for ``retention.spool_days``, its received
-files and SR documents leave the spool; after ``retention.work_days`` its de-identified copies
+The retention job: once a study has settled (delivered, dead-letter, ignored, out-of-scope,
+quarantined or failed; :data:`sonoshot.db.lifecycle.SETTLED`, with no delivery of its reports
+still pending) for ``retention.spool_days``, its received files, SR documents and key images
+leave the spool; after ``retention.work_days`` its de-identified copies
 (``<work_dir>/<StudyInstanceUID>/``) leave the work folder. A study that is not settled is never
 touched: each deletion runs while the study row is locked and re-checked, so a late instance
 that reopens the study either waits for the purge or stops it.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -124,16 +124,19 @@ class Event(Base):
 
 
 class Result(Base):
-    """One detector result for one generation of a study, and the SR that carries it."""
+    """One result for one generation of a study, and the documents that carry it: a scored SR
+    (and its key image), or a "not analysed" SR (no score; the study's coded reason)."""
 
     __tablename__ = "results"
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     generation: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    score: Mapped[float] = mapped_column(Float)
-    verdict: Mapped[str] = mapped_column(String(16))
-    threshold: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(16), index=True, server_default="scored")  # scored, not-analysed
+    reason: Mapped[str | None] = mapped_column(String(16))  # not-analysed: the study's reason code
+    score: Mapped[float | None] = mapped_column(Float)  # None when not analysed
+    verdict: Mapped[str | None] = mapped_column(String(16))
+    threshold: Mapped[float | None] = mapped_column(Float)
     bundle_sha256: Mapped[str] = mapped_column(String(64))
     backbone: Mapped[str] = mapped_column(String(64))
     images_scored: Mapped[int] = mapped_column(Integer)
@@ -141,6 +144,8 @@ class Result(Base):
     sr_sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     sr_path: Mapped[str] = mapped_column(String(300))  # relative to the spool folder
     predecessor_sr_uid: Mapped[str | None] = mapped_column(UID)
+    key_image_sop_instance_uid: Mapped[str | None] = mapped_column(UID)  # sent with the SR, when there is one
+    key_image_path: Mapped[str | None] = mapped_column(String(300))  # relative to the spool folder
     timings: Mapped[dict] = mapped_column(JSON)  # seconds per stage
 
     study: Mapped[Study] = relationship(back_populates="results")
@@ -164,3 +169,68 @@ class Delivery(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     result: Mapped[Result] = relationship(back_populates="deliveries")
+
+
+class Feedback(Base):
+    """Ground truth for one study: a label, who gave it, through which door, from where.
+
+    The latest row of a study is its label. ``finding`` is free text that was screened for the
+    study's header PHI strings (and anything date- or ID-like) before it was stored.
+    """
+
+    __tablename__ = "feedback"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    label: Mapped[str] = mapped_column(String(16))  # normal, abnormal
+    finding: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(String(32))  # e.g. ris, radiologist, pathology
+    recorded_by: Mapped[str] = mapped_column(String(64))  # console user or OS user of the CLI
+    channel: Mapped[str] = mapped_column(String(16))  # cli, csv, console
+    origin: Mapped[str] = mapped_column(String(64))  # host name (CLI) or client address (console)
+
+
+class Scanner(Base):
+    """A device seen in received headers: PHI-free attributes only, first sighting recorded."""
+
+    __tablename__ = "scanners"
+    __table_args__ = (UniqueConstraint("manufacturer", "model", "software_versions", "probe"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    manufacturer: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(64))
+    software_versions: Mapped[str] = mapped_column(String(64))
+    probe: Mapped[str] = mapped_column(String(64))
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Observation(Base):
+    """What the detector saw of one instance at processing time: device, image statistics, score."""
+
+    __tablename__ = "observations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    scanner_id: Mapped[int] = mapped_column(ForeignKey("scanners.id"), index=True)
+    body_part: Mapped[str] = mapped_column(String(16))  # BodyPartExamined, empty when absent
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    quarantined: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str | None] = mapped_column(Text)  # why it was quarantined or not scored
+    score: Mapped[float | None] = mapped_column(Float)
+    rows: Mapped[int | None] = mapped_column(Integer)  # of the image region the model saw
+    columns: Mapped[int | None] = mapped_column(Integer)
+    brightness: Mapped[float | None] = mapped_column(Float)  # mean grey level 0-255 of those frames
+
+
+class User(Base):
+    """A web console account: a role and an Argon2id password hash, never the password."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # admin, auditor, clinician
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

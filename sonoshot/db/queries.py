@@ -30,7 +30,10 @@ DEID_EVENT_KIND = "deid"
 #: Event kind of the audit events retention writes.
 RETENTION_EVENT_KIND = "retention"
 #: Queues shown by ``sonoshot status`` and exported as ``sonoshot_queue_depth``.
-QUEUES = ("complete", "processing", "awaiting-detector", "pending-deliveries")
+QUEUES = ("complete", "processing", "awaiting-detector", "pending-deliveries", "held-deliveries")
+#: ``results.kind`` of a detector result; the other kind is ``not-analysed``.
+SCORED = "scored"
+NOT_ANALYSED = "not-analysed"
 
 _CHUNK = 500  # values per IN (...) list, well under SQLite's variable limit
 _T = TypeVar("_T")
@@ -46,7 +49,7 @@ class StudySummary:
     last_received_at: datetime
     state_changed_at: datetime
     score: float | None  # of the latest result, if any
-    verdict: str | None
+    verdict: str | None  # normal, abnormal, or "not-analysed (<reason>)"
     delivery: str | None  # "destination:state" per outbox row of the latest result, comma separated
 
 
@@ -131,6 +134,12 @@ def _deliveries(s: Session, result_ids: Sequence[int]) -> dict[int, list[Deliver
     return out
 
 
+def _verdict(result: Result | None) -> str | None:
+    if result is None:
+        return None
+    return result.verdict if result.kind == SCORED else f"{result.kind} ({result.reason})"
+
+
 def _describe_deliveries(rows: list[Delivery]) -> str | None:
     return ", ".join(f"{d.destination}:{d.state}" for d in rows) or None
 
@@ -171,7 +180,7 @@ def recent_studies(store: Store, since: datetime | None = None, state: StudyStat
         deliveries = _deliveries(s, [r.id for _, r in rows if r is not None])
         return [StudySummary(
             study.study_instance_uid, study.state, study.instance_count, study.last_received_at,
-            study.state_changed_at, result.score if result else None, result.verdict if result else None,
+            study.state_changed_at, result.score if result else None, _verdict(result),
             _describe_deliveries(deliveries.get(result.id, [])) if result else None,
         ) for study, result in rows]
 
@@ -201,7 +210,7 @@ def audit_rows(store: Store, since: datetime | None = None) -> list[AuditRow]:
                 study.last_received_at, study.completed_at, deid.get(study.study_instance_uid),
                 result.created_at if result else None, max(delivered, default=None), study.instance_count,
                 result.bundle_sha256 if result else None, result.score if result else None,
-                result.verdict if result else None, _describe_deliveries(sent), study.state))
+                _verdict(result), _describe_deliveries(sent), study.state))
         return out
 
 
@@ -213,13 +222,22 @@ def studies_by_state(store: Store) -> dict[str, int]:
 
 
 def queue_depths(store: Store) -> dict[str, int]:
-    """Work waiting in each queue of :data:`QUEUES` (studies per state, outbox rows pending)."""
+    """Work waiting in each queue of :data:`QUEUES` (studies per state, outbox rows pending or
+    held in shadow mode)."""
     by_state = studies_by_state(store)
     with store.read_session() as s:
-        pending = s.scalar(select(func.count()).select_from(Delivery)
-                           .where(Delivery.state == OutboxState.PENDING.value))
-    depths = {**by_state, "pending-deliveries": pending or 0}
+        outbox = dict(s.execute(select(Delivery.state, func.count()).where(
+            Delivery.state.in_([OutboxState.PENDING.value, OutboxState.HELD.value])).group_by(Delivery.state)).all())
+    depths = {**by_state, "pending-deliveries": outbox.get(OutboxState.PENDING.value, 0),
+              "held-deliveries": outbox.get(OutboxState.HELD.value, 0)}
     return {queue: depths[queue] for queue in QUEUES}
+
+
+def not_analysed_by_reason(store: Store) -> dict[str, int]:
+    """How many "not analysed" results the database holds, by the study's reason code."""
+    with store.read_session() as s:
+        return dict(s.execute(select(Result.reason, func.count()).where(Result.kind == NOT_ANALYSED)
+                              .group_by(Result.reason)).all())
 
 
 def open_associations(store: Store) -> int:
@@ -234,7 +252,9 @@ _SETTLED_VALUES = sorted(state.value for state in SETTLED)
 
 
 def _settled_before(cutoff: datetime) -> ColumnElement[bool]:
-    return Study.state.in_(_SETTLED_VALUES) & (Study.state_changed_at <= cutoff)
+    pending = (select(Delivery.id).join(Result, Delivery.result_id == Result.id)
+               .where(Result.study_id == Study.id, Delivery.state == OutboxState.PENDING.value).exists())
+    return Study.state.in_(_SETTLED_VALUES) & (Study.state_changed_at <= cutoff) & ~pending
 
 
 def spool_purge_candidates(store: Store, settled_before: datetime) -> list[str]:
@@ -268,7 +288,7 @@ def mark_spool_purged(store: Store, study_uid: str, settled_before: datetime,
     """Delete a settled study's spool files and flag its instances ``file_missing``, atomically.
 
     While the study row is locked, ``delete`` gets the spool-relative paths of its instances
-    (those not yet flagged missing) and of its SR documents, and returns how many files it
+    (those not yet flagged missing) and of its SR documents and key images, and returns how many files it
     removed. An audit event ``retention/spool-purged`` is recorded when files were indexed.
 
     Returns
@@ -283,7 +303,8 @@ def mark_spool_purged(store: Store, study_uid: str, settled_before: datetime,
             return None
         instances = list(s.scalars(select(Instance).where(Instance.study_id == study.id,
                                                           Instance.file_missing.is_(False))))
-        reports = list(s.scalars(select(Result.sr_path).where(Result.study_id == study.id)))
+        reports = [path for row in s.execute(select(Result.sr_path, Result.key_image_path)
+                                             .where(Result.study_id == study.id)) for path in row if path]
         removed = delete([i.path for i in instances] + reports)
         for instance in instances:
             instance.file_missing = True

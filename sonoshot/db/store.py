@@ -18,16 +18,26 @@ from typing import Any, Iterator
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import create_engine, event, exists, func, insert, select, update
+from sqlalchemy import bindparam, create_engine, event, exists, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from sonoshot.db.lifecycle import OutboxState, StudyState, check_move
+from sonoshot.db.lifecycle import OUTBOX_WAITING, OutboxState, StudyState, check_move
 from sonoshot.db.models import Association, Delivery, Event, Instance, Result, Study, utcnow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 READ_ONLY = "sonoshot_read_only"  # execution option: a plain (deferred) BEGIN, no write lock
+
+# The two statements of an instance received into a study that is receiving (the common case),
+# built once: building Core statements from values costs more than running them on SQLite.
+_COUNT_INSTANCE = (update(Study)
+                   .where(Study.study_instance_uid == bindparam("study_uid"), Study.state == StudyState.RECEIVING.value)
+                   .values(instance_count=Study.instance_count + 1,
+                           total_bytes=Study.total_bytes + bindparam("size_bytes", type_=Study.total_bytes.type),
+                           last_received_at=bindparam("now", type_=Study.last_received_at.type))
+                   .returning(Study.id, Study.generation))
+_ADD_INSTANCE = insert(Instance)
 
 
 @dataclass(frozen=True)
@@ -71,11 +81,13 @@ class InstanceRef:
 
 @dataclass(frozen=True)
 class NewResult:
-    """A detector result ready for the outbox: the SR is already written to ``sr_path``."""
+    """A result ready for the outbox: its documents are already written to ``sr_path`` (and
+    ``key_image_path``). ``kind`` is ``scored``, or ``not-analysed`` with no score, verdict or
+    threshold and the study's coded ``reason``."""
 
-    score: float
-    verdict: str
-    threshold: float
+    score: float | None
+    verdict: str | None
+    threshold: float | None
     bundle_sha256: str
     backbone: str
     images_scored: int
@@ -84,6 +96,10 @@ class NewResult:
     sr_path: str
     predecessor_sr_uid: str | None
     timings: dict[str, float]
+    kind: str = "scored"
+    reason: str | None = None
+    key_image_sop_instance_uid: str | None = None
+    key_image_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +109,13 @@ class ResultRef:
     generation: int
     sr_sop_instance_uid: str
     sr_path: str
+    kind: str = "scored"
+    key_image_path: str | None = None
+
+    @property
+    def paths(self) -> list[str]:
+        """The spool-relative files the outbox sends for this result, the SR first."""
+        return [self.sr_path] + ([self.key_image_path] if self.key_image_path else [])
 
 
 @dataclass(frozen=True)
@@ -104,7 +127,8 @@ class DeliveryRef:
 
 
 def _result_ref(row: Result) -> ResultRef:
-    return ResultRef(row.id, row.study.study_instance_uid, row.generation, row.sr_sop_instance_uid, row.sr_path)
+    return ResultRef(row.id, row.study.study_instance_uid, row.generation, row.sr_sop_instance_uid, row.sr_path,
+                     row.kind, row.key_image_path)
 
 
 def _study_ref(study: Study) -> StudyRef:
@@ -206,8 +230,9 @@ class Store:
 
         A study that was already complete (or further) is reopened: it goes back to
         ``receiving`` with its generation raised, so its next result supersedes the last.
-        This runs once per received instance, so it uses three Core statements in one
-        transaction; the instance row itself is the audit record of the receipt.
+        This runs once per received instance: for a study that is receiving (the common case) it
+        is two prebuilt statements in one transaction, counting the instance in its study and
+        inserting its row; the instance row itself is the audit record of the receipt.
         """
         retries = 2  # PostgreSQL: another association may create the study at the same moment
         while True:
@@ -224,36 +249,45 @@ class Store:
     def _record_instance(self, new: NewInstance, association_id: int | None) -> None:
         now = utcnow()
         with self.engine.begin() as c:
-            study = c.execute(select(Study.id, Study.state, Study.generation)
-                              .where(Study.study_instance_uid == new.study_instance_uid)
-                              .with_for_update()).first()
-            if study is None:
-                study_id, generation = c.execute(insert(Study).values(
-                    study_instance_uid=new.study_instance_uid, state=StudyState.RECEIVING.value,
-                    modality=new.modality, calling_ae_title=new.calling_ae_title,
-                    called_ae_title=new.called_ae_title, first_received_at=now, receiving_since=now,
-                    last_received_at=now, state_changed_at=now, patient_pseudonym=new.patient_pseudonym,
-                    generation=1, instance_count=0, total_bytes=0)).inserted_primary_key[0], 1
+            counted = c.execute(_COUNT_INSTANCE, {"study_uid": new.study_instance_uid, "size_bytes": new.size_bytes,
+                                                  "now": now}).first()
+            if counted is not None:
+                study_id, generation = counted
             else:
-                study_id, generation = study.id, study.generation
-                if study.state != StudyState.RECEIVING.value:
-                    generation += 1
-                    c.execute(update(Study).where(Study.id == study_id).values(
-                        state=StudyState.RECEIVING.value, generation=generation, receiving_since=now,
-                        state_changed_at=now, completed_at=None))
-                    c.execute(insert(Event).values(
-                        kind="study", outcome="reopened", study_instance_uid=new.study_instance_uid,
-                        sop_instance_uid=new.sop_instance_uid, at=now,
-                        detail={"from": study.state, "generation": generation}))
-            c.execute(insert(Instance).values(
-                sop_instance_uid=new.sop_instance_uid, study_id=study_id,
-                series_instance_uid=new.series_instance_uid, sop_class_uid=new.sop_class_uid,
-                transfer_syntax_uid=new.transfer_syntax_uid, modality=new.modality, path=new.path,
-                size_bytes=new.size_bytes, received_at=now, association_id=association_id,
-                generation=generation, file_missing=False))
-            c.execute(update(Study).where(Study.id == study_id).values(
-                instance_count=Study.instance_count + 1, total_bytes=Study.total_bytes + new.size_bytes,
-                last_received_at=now))
+                study_id, generation = self._open_study(c, new, now)
+            c.execute(_ADD_INSTANCE, {
+                "sop_instance_uid": new.sop_instance_uid, "study_id": study_id,
+                "series_instance_uid": new.series_instance_uid, "sop_class_uid": new.sop_class_uid,
+                "transfer_syntax_uid": new.transfer_syntax_uid, "modality": new.modality, "path": new.path,
+                "size_bytes": new.size_bytes, "received_at": now, "association_id": association_id,
+                "generation": generation, "file_missing": False})
+
+    @staticmethod
+    def _open_study(c: Any, new: NewInstance, now: datetime) -> tuple[int, int]:
+        """The first instance of a study, or one that reopens a study past ``receiving``: create or
+        reopen the study row, counting the instance; returns its id and generation."""
+        study = c.execute(select(Study.id, Study.state, Study.generation)
+                          .where(Study.study_instance_uid == new.study_instance_uid).with_for_update()).first()
+        if study is None:
+            study_id = c.execute(insert(Study).values(
+                study_instance_uid=new.study_instance_uid, state=StudyState.RECEIVING.value,
+                modality=new.modality, calling_ae_title=new.calling_ae_title,
+                called_ae_title=new.called_ae_title, first_received_at=now, receiving_since=now,
+                last_received_at=now, state_changed_at=now, patient_pseudonym=new.patient_pseudonym,
+                generation=1, instance_count=1, total_bytes=new.size_bytes)).inserted_primary_key[0]
+            return study_id, 1
+        generation = study.generation
+        values: dict[str, Any] = {"instance_count": Study.instance_count + 1,
+                                  "total_bytes": Study.total_bytes + new.size_bytes, "last_received_at": now}
+        if study.state != StudyState.RECEIVING.value:
+            generation += 1
+            values.update(state=StudyState.RECEIVING.value, generation=generation, receiving_since=now,
+                          state_changed_at=now, completed_at=None)
+            c.execute(insert(Event).values(
+                kind="study", outcome="reopened", study_instance_uid=new.study_instance_uid,
+                sop_instance_uid=new.sop_instance_uid, at=now, detail={"from": study.state, "generation": generation}))
+        c.execute(update(Study).where(Study.id == study.id).values(**values))
+        return study.id, generation
 
     # -- completion ------------------------------------------------------------------------
 
@@ -369,20 +403,26 @@ class Store:
             row = s.scalar(select(Result).where(Result.study_id == study.id).order_by(Result.id.desc()).limit(1))
             return None if row is None else _result_ref(row)
 
-    def add_result(self, study: StudyRef, new: NewResult, destinations: list[str]) -> ResultRef | None:
-        """Store a result, queue it for each destination and move the study to ``reported``.
+    def add_result(self, study: StudyRef, new: NewResult, destinations: list[str],
+                   to_state: StudyState = StudyState.REPORTED, detail: str | None = None) -> ResultRef | None:
+        """Store a result, queue it for each destination and move the study to ``to_state``
+        (``reported`` for a scored result; ``out-of-scope``, ``quarantined`` or ``failed`` for a
+        "not analysed" one, with ``detail`` as the study's reason).
 
         All or nothing, and only if the study is still in the state and generation the worker
         claimed; returns None when a late instance reopened it meanwhile. A result whose SR UID
         exists already (the same study, instances and bundle) is not queued twice.
         """
-        check_move(study.state, StudyState.REPORTED)
+        check_move(study.state, to_state)
         with self.session() as s:
             moved = s.execute(update(Study).where(
                 Study.id == study.id, Study.state == study.state.value, Study.generation == study.generation,
-            ).values(state=StudyState.REPORTED.value, state_changed_at=utcnow(), detail=None)).rowcount
+            ).values(state=to_state.value, state_changed_at=utcnow(), detail=detail)).rowcount
             if not moved:
                 return None
+            if to_state is not StudyState.REPORTED:
+                s.add(Event(kind="study", outcome=to_state.value, study_instance_uid=study.study_instance_uid,
+                            detail={"generation": study.generation, **({"reason": detail} if detail else {})}))
             row = s.scalar(select(Result).where(Result.sr_sop_instance_uid == new.sr_sop_instance_uid))
             if row is None:
                 row = Result(study_id=study.id, generation=study.generation, **vars(new))
@@ -390,10 +430,13 @@ class Store:
                 s.flush()
                 for name in destinations:
                     s.add(Delivery(result_id=row.id, destination=name, state=OutboxState.PENDING.value))
-            s.add(Event(kind="result", outcome=new.verdict, study_instance_uid=study.study_instance_uid,
+            s.add(Event(kind="result", outcome=new.verdict or new.kind, study_instance_uid=study.study_instance_uid,
                         sop_instance_uid=new.sr_sop_instance_uid,
                         detail={"score": new.score, "threshold": new.threshold, "bundle": new.bundle_sha256,
-                                "generation": study.generation, "timings": new.timings}))
+                                "generation": study.generation, "timings": new.timings,
+                                **({"reason": new.reason} if new.reason else {}),
+                                **({"key_image": new.key_image_sop_instance_uid}
+                                   if new.key_image_sop_instance_uid else {})}))
             s.flush()
             if not destinations:
                 s.add(Event(kind="delivery", outcome="no-destination", study_instance_uid=study.study_instance_uid))
@@ -438,7 +481,7 @@ class Store:
             latest = s.scalar(select(Result.id).where(Result.study_id == study.id).order_by(Result.id.desc()).limit(1))
             states = set(s.scalars(select(Delivery.state).where(Delivery.result_id == latest)))
             if study.state in (StudyState.REPORTED.value, StudyState.DEAD_LETTER.value) and row.result_id == latest \
-                    and OutboxState.PENDING.value not in states:
+                    and not states & {w.value for w in OUTBOX_WAITING}:
                 final = StudyState.DEAD_LETTER if OutboxState.DEAD_LETTER.value in states else StudyState.DELIVERED
                 if final.value != study.state:
                     study.state, study.state_changed_at = final.value, now
@@ -452,8 +495,8 @@ class Store:
         with self.session() as s:
             query = select(Delivery).join(Result).join(Study)
             if study_instance_uid:
-                query = query.where(Study.study_instance_uid == study_instance_uid,
-                                    Delivery.state != OutboxState.DELIVERED.value)
+                query = query.where(Study.study_instance_uid == study_instance_uid,  # held: `sonoshot release`
+                                    Delivery.state.in_([OutboxState.PENDING.value, OutboxState.DEAD_LETTER.value]))
             else:
                 query = query.where(Delivery.state == OutboxState.DEAD_LETTER.value)
             rows = list(s.scalars(query))
@@ -465,6 +508,21 @@ class Store:
                 s.add(Event(kind="delivery", outcome="requeued", study_instance_uid=study.study_instance_uid,
                             detail={"destination": row.destination}))
             return len(rows)
+
+    def requeue_for_reload(self, state: StudyState) -> int:
+        """Send studies that ended in ``state`` (``quarantined`` or ``out-of-scope``) back to
+        ``complete``, those whose received files are still in the spool: a reload changed what
+        decided them. Each gets a ``study/requeued`` audit event."""
+        check_move(state, StudyState.COMPLETE)
+        now = utcnow()
+        live = select(Instance.id).where(Instance.study_id == Study.id, Instance.file_missing.is_(False)).exists()
+        with self.session() as s:
+            studies = list(s.scalars(select(Study).where(Study.state == state.value, live).with_for_update()))
+            for study in studies:
+                study.state, study.state_changed_at = StudyState.COMPLETE.value, now
+                s.add(Event(kind="study", outcome="requeued", study_instance_uid=study.study_instance_uid,
+                            detail={"from": state.value, "why": "reload"}))
+            return len(studies)
 
     def requeue_awaiting_detector(self) -> int:
         """Send studies held for want of a detector back to ``complete`` (a detector is now loaded)."""

@@ -16,26 +16,35 @@ Colour is normalised the same way for every transfer syntax:
   *not* inverted, so callers that display it must invert it themselves.
 
 :func:`frame_format` says what :func:`iter_frames` yields before any frame is decoded.
+:func:`iter_frames_fast` is the same for readers that need the picture rather than the exact
+values (the detector): JPEG Baseline through Pillow's libjpeg-turbo.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from io import BytesIO
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.pixels import apply_color_lut, get_decoder
-from pydicom.uid import UID
+from pydicom.uid import UID, JPEGBaseline8Bit
 
 __all__ = [
+    "MAX_REGION_OVERSHOOT",
     "FrameFormat",
     "RegionError",
+    "RegionGeometry",
     "UltrasoundRegion",
     "UndecodableError",
+    "UnsupportedTransferSyntaxError",
     "frame_count",
     "frame_format",
     "iter_frames",
+    "iter_frames_fast",
+    "region_geometry",
     "ultrasound_regions",
 ]
 
@@ -44,8 +53,18 @@ class UndecodableError(ValueError):
     """The pixel data of an instance cannot be decoded (transfer syntax, plugin or content)."""
 
 
+class UnsupportedTransferSyntaxError(UndecodableError):
+    """No decoder (or no installed decoding plugin) exists for the transfer syntax."""
+
+
 class RegionError(ValueError):
-    """A Sequence of Ultrasound Regions item is incomplete or does not fit the image."""
+    """An ultrasound region has a negative coordinate or a maximum below its minimum."""
+
+
+#: A region may pass the image edge by this many pixels and is clipped (vendors disagree on
+#: whether Region Location Max is inclusive); any grosser mismatch means the regions do not
+#: describe these pixels (a cropped or downscaled copy) and none of them is trusted.
+MAX_REGION_OVERSHOOT = 2
 
 
 _REGION_KEYWORDS = (
@@ -99,33 +118,67 @@ def _image_size(ds: Dataset) -> tuple[int, int]:
         raise UndecodableError("(0028,0010) Rows and (0028,0011) Columns are required") from exc
 
 
-def ultrasound_regions(ds: Dataset) -> list[UltrasoundRegion]:
-    """The validated items of the Sequence of Ultrasound Regions (empty if there is none).
+@dataclass(frozen=True)
+class RegionGeometry:
+    """The Sequence of Ultrasound Regions as trusted for an image.
+
+    ``regions`` are clipped to the image; they are empty when the sequence is absent or not
+    trusted, and ``problem`` then says why (without any value other than coordinates).
+    """
+
+    regions: tuple[UltrasoundRegion, ...]
+    clipped: tuple[int, ...] = ()  # indices of regions clipped to the image edge
+    problem: str = ""  # why the sequence is not trusted; "" when trusted or absent
+
+
+def region_geometry(ds: Dataset) -> RegionGeometry:
+    """Read the Sequence of Ultrasound Regions and decide whether it describes these pixels.
+
+    A region that passes the last column or row by at most :data:`MAX_REGION_OVERSHOOT`
+    pixels is clipped. A region that lacks a coordinate, has inverted bounds, or passes the
+    image by more makes the whole sequence untrusted: the file is treated as having none.
 
     Raises
     ------
-    RegionError
-        If an item lacks a coordinate, has inverted bounds, or does not fit inside
-        (0028,0010) Rows × (0028,0011) Columns. Regions are never clipped.
+    UndecodableError
+        If (0028,0010) Rows or (0028,0011) Columns is missing.
     """
     rows, columns = _image_size(ds)
-    regions = []
+    regions, clipped = [], []
     for index, item in enumerate(ds.get("SequenceOfUltrasoundRegions") or []):
         missing = [k for k in _REGION_KEYWORDS if item.get(k) is None]
         if missing:
-            raise RegionError(f"ultrasound region {index} lacks {', '.join(missing)}")
-        region = UltrasoundRegion(
-            *(int(item[k].value) for k in _REGION_KEYWORDS),
-            spatial_format=int(item.get("RegionSpatialFormat") or 0),
-            data_type=int(item.get("RegionDataType") or 0),
-        )
-        if not region.fits(rows, columns):
-            raise RegionError(
-                f"ultrasound region {index} {region.bounds} does not fit the "
-                f"{columns}×{rows} image (columns 0..{columns - 1}, rows 0..{rows - 1})"
+            return RegionGeometry((), (), f"ultrasound region {index} lacks {', '.join(missing)}")
+        try:
+            region = UltrasoundRegion(
+                *(int(item[k].value) for k in _REGION_KEYWORDS),
+                spatial_format=int(item.get("RegionSpatialFormat") or 0),
+                data_type=int(item.get("RegionDataType") or 0),
             )
+        except RegionError as exc:
+            return RegionGeometry((), (), str(exc))
+        overshoot = max(region.x1 - (columns - 1), region.y1 - (rows - 1), 0)
+        if overshoot > MAX_REGION_OVERSHOOT or region.x0 >= columns or region.y0 >= rows:
+            return RegionGeometry((), (), (
+                f"ultrasound region {index} {region.bounds} does not fit the {columns}×{rows} image "
+                f"(columns 0..{columns - 1}, rows 0..{rows - 1}): the regions do not describe these pixels"
+            ))
+        if overshoot:
+            clipped.append(index)
+            region = replace(region, x1=min(region.x1, columns - 1), y1=min(region.y1, rows - 1))
         regions.append(region)
-    return regions
+    return RegionGeometry(tuple(regions), tuple(clipped))
+
+
+def ultrasound_regions(ds: Dataset) -> list[UltrasoundRegion]:
+    """The trusted regions of :func:`region_geometry`, clipped to the image (empty if none).
+
+    Raises
+    ------
+    UndecodableError
+        If (0028,0010) Rows or (0028,0011) Columns is missing.
+    """
+    return list(region_geometry(ds).regions)
 
 
 def frame_count(ds: Dataset) -> int:
@@ -237,9 +290,9 @@ def _decoder(ds: Dataset):  # noqa: ANN202 - pydicom's Decoder is not part of it
     try:
         decoder = get_decoder(uid)
     except NotImplementedError as exc:
-        raise UndecodableError(f"transfer syntax {_ts_label(uid)} cannot be decoded") from exc
+        raise UnsupportedTransferSyntaxError(f"transfer syntax {_ts_label(uid)} cannot be decoded") from exc
     if not decoder.is_available:
-        raise UndecodableError(
+        raise UnsupportedTransferSyntaxError(
             f"transfer syntax {_ts_label(uid)}: no decoding plugin is installed "
             f"({', '.join(decoder.missing_dependencies) or 'unknown'})"
         )
@@ -298,3 +351,71 @@ def iter_frames(ds: Dataset, indices: Sequence[int] | None = None) -> Iterator[n
         raise UndecodableError(
             f"transfer syntax {_ts_label(uid)}: pixel data could not be decoded ({exc})"
         ) from exc
+
+
+_PILLOW_PHOTOMETRIC = ("YBR_FULL", "YBR_FULL_422", "RGB", "MONOCHROME1", "MONOCHROME2")
+
+
+def _pillow_jpeg_frame(data: bytes, fmt: FrameFormat, photometric: str) -> np.ndarray | None:
+    """One JPEG Baseline frame decoded by Pillow (libjpeg-turbo), or None where this path does
+    not apply (an Adobe colour-transform marker: left to pydicom's handling)."""
+    from PIL import Image
+
+    with Image.open(BytesIO(data), formats=("JPEG",)) as image:
+        if "adobe_transform" in image.info:
+            return None
+        if fmt.samples_per_pixel == 3:
+            if photometric.startswith("YBR_FULL") and "jfif" in image.info and image.mode == "RGB":
+                return np.array(image, dtype=np.uint8)  # JFIF is YCbCr: libjpeg-turbo converts
+            image.draft("YCbCr", image.size)  # what the codestream holds, no guessing
+            if image.mode != "YCbCr":
+                return None
+            if photometric.startswith("YBR_FULL"):
+                image = image.convert("RGB")
+        elif image.mode != "L":
+            return None
+        return np.array(image, dtype=np.uint8)
+
+
+def iter_frames_fast(ds: Dataset, indices: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+    """:func:`iter_frames` for readers that need the picture, not the exact bytes (the
+    detector): JPEG Baseline 8-bit frames (YBR_FULL, YBR_FULL_422, RGB, MONOCHROME1/2) are
+    decoded by Pillow's libjpeg-turbo, colour conversion included (about 10x faster on large
+    ultrasound frames); its chroma upsampling and integer colour conversion differ from
+    pydicom's by a few levels at colour edges (mean absolute difference about 0.03). Every
+    other instance goes through :func:`iter_frames` unchanged. Same shapes, dtype and
+    colour model.
+
+    Raises
+    ------
+    UndecodableError
+        As :func:`iter_frames`.
+    """
+    fmt = frame_format(ds)
+    uid = _transfer_syntax(ds)
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if uid != JPEGBaseline8Bit or fmt.bits_allocated != 8 or photometric not in _PILLOW_PHOTOMETRIC:
+        yield from iter_frames(ds, indices)
+        return
+    count = frame_count(ds)
+    wanted = list(range(count)) if indices is None else [int(i) for i in indices]
+    bad = [i for i in wanted if not 0 <= i < count]
+    if bad:
+        raise UndecodableError(f"frame indices {bad} are outside 0..{count - 1}")
+    for index in wanted:
+        try:
+            data = get_frame(ds.PixelData, index, number_of_frames=count)
+            frame = _pillow_jpeg_frame(data, fmt, photometric)
+        except Exception as exc:  # Pillow and the fragment parser raise many types for corrupt data
+            raise UndecodableError(
+                f"transfer syntax {_ts_label(uid)}: pixel data could not be decoded ({exc})"
+            ) from exc
+        if frame is None:
+            yield from iter_frames(ds, [index])
+            continue
+        if frame.shape != fmt.shape:
+            raise UndecodableError(
+                f"decoded frame has shape {frame.shape}, expected {fmt.shape} "
+                f"(transfer syntax {_ts_label(uid)})"
+            )
+        yield frame

@@ -2,8 +2,13 @@
 ==========
 
 The storage SCP. Handlers are small functions bound to pynetdicom events; the C-STORE handler
-only persists and acknowledges (write, fsync, rename, insert a row, return a status). Decoding
-pixels, de-identification and inference never run on pynetdicom's threads.
+only persists and acknowledges: it walks the dataset's structure without decoding it (reading
+only the UIDs and attributes the reply and the row need), writes the received bytes durably
+(fsync of file and folder), inserts one row, then returns a status. A dataset above
+``network.stream_above_mb`` arrives as a file in the spool (see :mod:`sonoshot.dicom_io.upper_layer`)
+and is made durable in place. Decoding pixels, de-identification and inference never run on
+pynetdicom's threads. Connection limits live in :mod:`sonoshot.dicom_io.gate` and
+:mod:`sonoshot.dicom_io.upper_layer`.
 
 Status codes follow PS3.4 Annex B.2.3 (Storage Service Class): 0xA7xx refused, out of
 resources; 0xCxxx error, cannot understand; 0x0000 success.
@@ -11,23 +16,26 @@ resources; 0xCxxx error, cannot understand; 0x0000 success.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pydicom import Dataset
-from pydicom.dataelem import RawDataElement
-from pydicom.encaps import generate_fragments
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
 
 from sonoshot.config import NetworkConfig, TLSConfig
 from sonoshot.db.store import NewInstance, Store
+from sonoshot.dicom_io import upper_layer
+from sonoshot.dicom_io.gate import ConnectionGate, GatedAE, GuardedServer, SharedContexts
+from sonoshot.dicom_io.part10 import part10_header
 from sonoshot.dicom_io.spool import Spool, UnsafeUID
+from sonoshot.dicom_io.structure import summarize, summarize_file
 
 log = logging.getLogger(__name__)
 
@@ -44,36 +52,6 @@ STATUS_TEXT: dict[int, str] = {
 }
 
 
-def structural_problem(ds: Dataset, transfer_syntax: UID) -> str | None:
-    """Why ``ds`` is not a whole instance (a value shorter than its length, pixel data of the wrong
-    size, broken fragments), or None. Cheap: nothing is decompressed.
-    """
-    for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
-        if isinstance(raw, RawDataElement) and raw.value is not None and raw.length != 0xFFFFFFFF \
-                and len(raw.value) < raw.length:
-            return f"{tag} value is {len(raw.value)} of {raw.length} bytes"
-    if "PixelData" not in ds:
-        return None
-    try:
-        frames = int(ds.get("NumberOfFrames", 1) if ds.get("NumberOfFrames") not in (None, "") else 1)
-        if frames < 1:
-            return f"(0028,0008) Number of Frames is {frames}"
-        pixels = ds.PixelData
-        if transfer_syntax.is_encapsulated:
-            fragments = list(generate_fragments(pixels))
-            return None if len(fragments) > 1 else "(7FE0,0010) Pixel Data holds no fragment"
-        samples = int(ds.get("SamplesPerPixel", 1))
-        if ds.get("PhotometricInterpretation") == "YBR_FULL_422":  # PS3.3 C.7.6.3.1.2: 2 values a pixel
-            samples = 2
-        expected = (int(ds.Rows) * int(ds.Columns) * samples * frames * int(ds.BitsAllocated) + 7) // 8
-    except (AttributeError, TypeError, ValueError) as exc:
-        return f"(7FE0,0010) Pixel Data cannot be checked: {type(exc).__name__}"
-    if len(pixels) not in (expected, expected + expected % 2):
-        return f"(7FE0,0010) Pixel Data is {len(pixels)} bytes, the image attributes need {expected}"
-    return None
-
-
 @dataclass
 class Receiver:
     """What the handlers need, bound to them at registration (pynetdicom style)."""
@@ -83,6 +61,7 @@ class Receiver:
     min_free_mb: int
     pseudonymize_patient: Callable[[str], str] | None = None
     count_outcome: Callable[[str], None] = lambda _outcome: None  # stored, duplicate, refused (metrics)
+    count_refusal: Callable[[str], None] = lambda _reason: None  # connections closed by the limits (metrics)
     open_associations: dict[object, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -104,50 +83,68 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
     """EVT_C_STORE: make the instance durable, index it, then acknowledge.
 
     Returns 0x0000 (also for a duplicate SOP Instance UID, which is stored once), 0xA700 when
-    free disk is under the watermark, 0xA701 when the spool cannot be written, 0xC210 for an
-    undecodable dataset, 0xC230 for a truncated one or pixel data of the wrong size, 0xC220 for a missing or invalid Study/Series/SOP Instance UID, and
-    0xC221 when the dataset's SOP Instance UID differs from the request's.
+    free disk is under the watermark, 0xA701 when the spool cannot be written, 0xC210 when the
+    UIDs cannot be decoded, 0xC230 for a truncated dataset, broken sequences or fragments or
+    pixel data of the wrong size, 0xC220 for a missing or invalid Study/Series/SOP Instance UID,
+    and 0xC221 when the dataset's SOP Instance UID differs from the request's.
     """
     request_uid = str(event.request.AffectedSOPInstanceUID or "")
     if receiver.spool.free_mb() < receiver.min_free_mb:
         return _refuse(event, receiver, 0xA700, request_uid)
+    streamed = event.dataset_path  # a .part file in the spool's .incoming, or None: held in memory
+    syntax = event.context.transfer_syntax
     try:
-        ds = event.dataset
-        problem = structural_problem(ds, event.context.transfer_syntax)
-        for _element in ds:  # decode every element now: a malformed value fails here, not later
-            pass
-    except Exception as exc:  # pydicom raises many types for malformed input
+        if streamed is None:
+            data = event.encoded_dataset(include_meta=False)
+            summary = summarize(data, syntax)
+        else:
+            summary = summarize_file(streamed, syntax)
+        ds = summary.dataset
+        sop_uid = str(ds.get("SOPInstanceUID", ""))
+        study_uid = str(ds.get("StudyInstanceUID", ""))
+        series_uid = str(ds.get("SeriesInstanceUID", ""))
+        modality = ds.get("Modality")
+        patient_id = str(ds.get("PatientID", ""))
+    except Exception as exc:  # pydicom raises many types for malformed values
         return _refuse(event, receiver, 0xC210, request_uid, why=type(exc).__name__)
-    if problem:
-        return _refuse(event, receiver, 0xC230, request_uid, why=problem)
-    sop_uid = str(ds.get("SOPInstanceUID", ""))
-    study_uid = str(ds.get("StudyInstanceUID", ""))
+    if summary.problem:
+        return _refuse(event, receiver, 0xC230, request_uid, why=summary.problem)
     try:
-        relative = receiver.spool.relative_path(study_uid, str(ds.get("SeriesInstanceUID", "")), sop_uid)
+        relative = receiver.spool.relative_path(study_uid, series_uid, sop_uid)
     except UnsafeUID as exc:
         return _refuse(event, receiver, 0xC220, None, why=str(exc))
     if sop_uid != request_uid:
         return _refuse(event, receiver, 0xC221, sop_uid, study_uid)
-    if receiver.store.has_instance(sop_uid):
-        receiver.store.record_event("instance", "duplicate", sop_instance_uid=sop_uid, study_instance_uid=study_uid,
-                                    calling_ae_title=event.assoc.requestor.ae_title)
-        receiver.count_outcome("duplicate")
-        return SUCCESS
+    if receiver.spool.holds(relative):
+        return _duplicate(event, receiver, sop_uid, study_uid)
     try:
-        size = receiver.spool.put(relative, event.encoded_dataset(include_meta=True))
+        if streamed is None:
+            head = part10_header(str(event.request.AffectedSOPClassUID), request_uid, str(syntax))
+            size = receiver.spool.put(relative, head, data)
+        else:
+            size = receiver.spool.adopt(relative, streamed)
     except OSError as exc:
         return _refuse(event, receiver, 0xA701, sop_uid, study_uid, why=exc.strerror)
-    patient_id = str(ds.get("PatientID", ""))
-    receiver.store.record_instance(NewInstance(
-        sop_instance_uid=sop_uid, study_instance_uid=study_uid,
-        series_instance_uid=str(ds.SeriesInstanceUID), sop_class_uid=str(event.request.AffectedSOPClassUID),
-        transfer_syntax_uid=str(event.context.transfer_syntax), modality=ds.get("Modality"), path=relative,
-        size_bytes=size, calling_ae_title=event.assoc.requestor.ae_title,
+    recorded = receiver.store.record_instance(NewInstance(
+        sop_instance_uid=sop_uid, study_instance_uid=study_uid, series_instance_uid=series_uid,
+        sop_class_uid=str(event.request.AffectedSOPClassUID), transfer_syntax_uid=str(syntax),
+        modality=modality, path=relative, size_bytes=size, calling_ae_title=event.assoc.requestor.ae_title,
         called_ae_title=event.assoc.acceptor.ae_title,
         patient_pseudonym=receiver.pseudonymize_patient(patient_id)
         if receiver.pseudonymize_patient and patient_id else None,
     ), association_id=receiver.open_associations.get(event.assoc))
+    if not recorded:  # the same SOP Instance UID is indexed under another study or series: keep that one
+        with contextlib.suppress(FileNotFoundError):
+            receiver.spool.path(relative).unlink()
+        return _duplicate(event, receiver, sop_uid, study_uid)
     receiver.count_outcome("stored")
+    return SUCCESS
+
+
+def _duplicate(event: evt.Event, receiver: Receiver, sop_uid: str, study_uid: str) -> int:
+    receiver.store.record_event("instance", "duplicate", sop_instance_uid=sop_uid, study_instance_uid=study_uid,
+                                calling_ae_title=event.assoc.requestor.ae_title)
+    receiver.count_outcome("duplicate")
     return SUCCESS
 
 
@@ -180,8 +177,9 @@ def handle_aborted(event: evt.Event, receiver: Receiver) -> None:
 
 
 def handle_conn_close(event: evt.Event, receiver: Receiver) -> None:
-    """EVT_CONN_CLOSE: the TCP connection closed (after release/abort, or dropped)."""
-    _close(event, receiver, "closed")
+    """EVT_CONN_CLOSE: the TCP connection closed (after release/abort, or dropped); it may come
+    before EVT_RELEASED of the same association."""
+    _close(event, receiver, "released" if event.assoc.is_released else "closed")
 
 
 def handle_rejected(event: evt.Event, receiver: Receiver) -> None:
@@ -201,13 +199,16 @@ def server_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     return context
 
 
-def make_ae(network: NetworkConfig) -> AE:
+def make_ae(network: NetworkConfig, gate: ConnectionGate | None = None) -> GatedAE:
     """An AE that accepts Verification and every storage SOP class in every listed transfer syntax.
 
     Storage classes are those of PS3.4 B.5 known to pynetdicom plus ``extra_sop_classes``;
-    each is offered with :func:`transfer_syntaxes`, and stored exactly as received.
+    each is offered with :func:`transfer_syntaxes`, and stored exactly as received. Only
+    connections that sent an A-ASSOCIATE-RQ (``gate`` knows which) count against
+    ``max_associations``.
     """
-    ae = AE(ae_title=network.ae_title)
+    ae = GatedAE(ae_title=network.ae_title)
+    ae.gate = gate
     ae.add_supported_context(Verification)
     syntaxes = transfer_syntaxes(network)
     storage = [cx.abstract_syntax for cx in AllStoragePresentationContexts]
@@ -236,11 +237,20 @@ def transfer_syntaxes(network: NetworkConfig) -> list[str]:
     return list(dict.fromkeys([*encapsulated, *native, *network.extra_transfer_syntaxes]))
 
 
-def start_scp(network: NetworkConfig, receiver: Receiver) -> ThreadedAssociationServer:
-    """Start the storage SCP in background threads, its handlers bound to ``receiver``."""
-    ae = make_ae(network)
+def start_scp(network: NetworkConfig, receiver: Receiver) -> GuardedServer:
+    """Start the storage SCP in background threads, its handlers bound to ``receiver``, behind the
+    connection gate and the per-connection limits of ``network``."""
+    gate = ConnectionGate(network.max_pending_per_address, network.max_pending, network.request_timeout_s,
+                          receiver.count_refusal)
+    guard = upper_layer.Guard(upper_layer.Limits(
+        request_timeout_s=network.request_timeout_s, max_pdu_size=network.max_pdu_size,
+        network_timeout_s=network.network_timeout_s, acse_timeout_s=network.acse_timeout_s,
+        stream_above_bytes=network.stream_above_mb * 2**20, min_free_mb=receiver.min_free_mb),
+        gate, receiver.spool, receiver.count_refusal)
+    ae = make_ae(network, gate)
     bound = [receiver]
     handlers = [
+        *upper_layer.handlers(guard),
         (evt.EVT_C_STORE, handle_store, bound),
         (evt.EVT_ACCEPTED, handle_accepted, bound),
         (evt.EVT_RELEASED, handle_released, bound),
@@ -249,8 +259,12 @@ def start_scp(network: NetworkConfig, receiver: Receiver) -> ThreadedAssociation
         (evt.EVT_REJECTED, handle_rejected, bound),
     ]
     ssl_context = server_ssl_context(network.tls) if network.tls.enabled else None
-    server = ae.start_server((network.bind_address, network.port), block=False, evt_handlers=handlers,
-                             ssl_context=ssl_context)
+    server = ae.make_server((network.bind_address, network.port), evt_handlers=handlers, ssl_context=ssl_context,
+                            contexts=SharedContexts(ae.supported_contexts),
+                            server_class=GuardedServer, gate=gate)
+    thread = threading.Thread(target=make_target(server.serve_forever),
+                              name=f"AcceptorServer@{datetime.now():%Y%m%d%H%M%S}", daemon=True)
+    thread.start()
     log.info("storage SCP %s listening on %s:%d%s", network.ae_title, network.bind_address, network.port,
              " (TLS)" if ssl_context else "")
     return server

@@ -4,18 +4,23 @@
 The durable file layout for received instances, exactly as received:
 ``<spool>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
 
-A file is written to ``<spool>/.incoming``, fsynced, renamed into place and its folder fsynced,
-so once :meth:`Spool.put` returns the instance survives a crash or power loss. UIDs are checked
-against the DICOM UID grammar before they become path parts, so a crafted UID cannot escape.
+A file is written to ``<spool>/.incoming``, fsynced, renamed into place and its folder fsynced
+(and the folders above it, when they were just created), so once :meth:`Spool.put` or
+:meth:`Spool.adopt` returns the instance survives a crash or power loss. Concurrent associations
+that rename into the same folder share one folder fsync (:class:`FolderSync`, group commit). UIDs
+are checked against the DICOM UID grammar before they become path parts, so a crafted UID cannot
+escape.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 INCOMING = ".incoming"
@@ -54,6 +59,56 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _FolderState:
+    def __init__(self) -> None:
+        self.requested = 0  # renames announced
+        self.synced = 0  # renames covered by a finished fsync
+        self.running = False
+        self.users = 0  # callers inside sync() for this folder
+
+
+class FolderSync:
+    """Group commit of folder fsyncs: a caller whose rename is done waits for one fsync of the
+    folder that started after it; callers that arrive while one runs share the next one.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._folders: dict[Path, _FolderState] = {}
+
+    def sync(self, folder: Path) -> None:
+        """Return once an fsync of ``folder`` that began after this call has finished.
+
+        Raises
+        ------
+        OSError
+            If the fsync fails (every caller it would have covered tries again).
+        """
+        with self._changed:
+            state = self._folders.setdefault(folder, _FolderState())
+            state.users += 1
+            state.requested += 1
+            ticket = state.requested
+            try:
+                while state.synced < ticket:
+                    if state.running:
+                        self._changed.wait()
+                        continue
+                    state.running, covered = True, state.requested
+                    self._changed.release()
+                    try:
+                        _fsync_dir(folder)
+                    finally:
+                        self._changed.acquire()
+                        state.running = False
+                        self._changed.notify_all()
+                    state.synced = covered
+            finally:
+                state.users -= 1
+                if not state.users:
+                    del self._folders[folder]
+
+
 class Spool:
     """The folder of received instances. Holds PHI: only the daemon's user may read it."""
 
@@ -62,31 +117,84 @@ class Spool:
         self.fsync = fsync
         self.incoming = self.root / INCOMING
         self.incoming.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.folders = FolderSync()
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
         """The spool-relative path of an instance, after checking each UID."""
         return "/".join((check_uid(study_uid, "StudyInstanceUID"), check_uid(series_uid, "SeriesInstanceUID"),
                          check_uid(sop_uid, "SOPInstanceUID") + SUFFIX))
 
-    def put(self, relative: str, data: bytes) -> int:
-        """Write ``data`` durably at ``relative``; returns the number of bytes written."""
+    def _folder_for(self, target: Path) -> None:
+        """Create ``target``'s folder (and those above it) durably: each new folder's parent is fsynced."""
+        folder = target.parent
+        missing = []
+        while not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for folder in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                folder.mkdir(mode=0o700)
+            if self.fsync:
+                self.folders.sync(folder.parent)
+
+    def put(self, relative: str, *chunks: bytes | bytearray | memoryview) -> int:
+        """Write ``chunks`` (one after another) durably at ``relative``; returns the bytes written."""
         target = self.root / relative
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._folder_for(target)
         fd, tmp = tempfile.mkstemp(dir=self.incoming, suffix=".part")
+        size = sum(memoryview(chunk).nbytes for chunk in chunks)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            try:
+                written = os.writev(fd, chunks)
+                if written < size:  # a short write (a signal, a full disk): write the rest the slow way
+                    rest = b"".join(bytes(c) for c in chunks)[written:]
+                    while rest:
+                        rest = rest[os.write(fd, rest):]
                 if self.fsync:
-                    f.flush()
-                    os.fdatasync(f.fileno())  # the data and its size; mtime is not needed
+                    os.fdatasync(fd)  # the data and its size; mtime is not needed
+            finally:
+                os.close(fd)
             os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
         if self.fsync:
-            _fsync_dir(target.parent)
-        return len(data)
+            self.folders.sync(target.parent)
+        return size
+
+    def open_incoming(self) -> tuple[io.FileIO, Path]:
+        """A new, empty ``.part`` file in ``.incoming`` (unbuffered, mode 0600) for a streamed instance;
+        :meth:`adopt` makes it durable in place, :meth:`discard_incomplete` removes it after a crash."""
+        fd, tmp = tempfile.mkstemp(dir=self.incoming, suffix=".part")
+        return io.FileIO(fd, "wb", closefd=True), Path(tmp)
+
+    def adopt(self, relative: str, part: Path) -> int:
+        """Make a finished ``.part`` file from :meth:`open_incoming` durable at ``relative``; returns its size."""
+        target = self.root / relative
+        self._folder_for(target)
+        fd = os.open(part, os.O_RDONLY)
+        try:
+            if self.fsync:
+                os.fdatasync(fd)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        os.replace(part, target)
+        if self.fsync:
+            self.folders.sync(target.parent)
+        return size
+
+    def holds(self, relative: str) -> bool:
+        """Whether an instance is stored durably at ``relative``. Another association may have
+        renamed it into place a moment ago, before its folder fsync: that fsync is awaited (shared)
+        so a duplicate is never acknowledged ahead of the original's durability."""
+        target = self.root / relative
+        if not target.is_file():
+            return False
+        if self.fsync:
+            self.folders.sync(target.parent)
+        return True
 
     def path(self, relative: str) -> Path:
         return self.root / relative

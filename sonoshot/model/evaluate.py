@@ -27,7 +27,7 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score, roc_curve
 from tqdm import tqdm
 
 from sonoshot.dicom_io import pixels
-from sonoshot.model import backbones, head, inputs
+from sonoshot.model import backbones, head, inputs, pipeline
 from sonoshot.model.backbones import Backbone
 from sonoshot.model.detector import Embeddings, _logistic, embed_views, fit_state, text_anchors
 from sonoshot.model.head import HeadConfig, view_geometry
@@ -88,28 +88,30 @@ def read_manifest(folder: Path) -> list[Example]:
 
 def _embedding_code_sha256() -> str:
     """SHA-256 of the modules that turn a file into embeddings (decode, crop, preparation,
-    augmentation views, backbones): any change to them invalidates cached embeddings."""
+    augmentation views, backbones, batching): any change to them invalidates cached
+    embeddings."""
     digest = hashlib.sha256()
-    for module in (pixels, inputs, backbones, head):
+    for module in (pixels, inputs, backbones, head, pipeline):
         digest.update(Path(module.__file__).read_bytes())  # type: ignore[arg-type]
     return digest.hexdigest()
 
 
 def embed_examples(backbone: Backbone, folder: Path, examples: Sequence[Example],
                    cache_dir: Path | None, mask: bool = True) -> Embeddings:
-    """View embeddings and patch features of the examples, cached by backbone, the embedding
-    code and the file list."""
-    key = hashlib.sha256(json.dumps([backbone.name, backbone.sha256, _embedding_code_sha256(),
-                                     mask, str(folder.resolve()), [e.file for e in examples]]
-                                    ).encode()).hexdigest()[:16]
+    """View embeddings and patch features of the examples (one frame each, in shared
+    micro-batches), cached by backbone, precision, the embedding code and the file list."""
+    key = hashlib.sha256(json.dumps([backbone.name, backbone.sha256, backbone.precision,
+                                     _embedding_code_sha256(), mask, str(folder.resolve()),
+                                     [e.file for e in examples]]).encode()).hexdigest()[:16]
     cache = None if cache_dir is None else cache_dir / f"{backbone.name}-{key}.npz"
     if cache is not None and cache.is_file():
         with np.load(cache) as saved:
             return Embeddings(saved["views"], saved["patches"] if "patches" in saved else None)
-    out = [embed_views(backbone, read_input(folder / ex.file, 1).frames[:1], mask)
-           for ex in tqdm(examples, desc=f"embedding with {backbone.name}", unit="img")]
-    patches = None if out[0].patches is None else np.concatenate([e.patches for e in out])
-    emb = Embeddings(np.concatenate([e.views for e in out]).astype(np.float32), patches)
+    frames = (read_input(folder / ex.file, 1).frames[0]
+              for ex in tqdm(examples, desc=f"embedding with {backbone.name}", unit="img"))
+    out = embed_views(backbone, frames, mask)
+    patches = out.patches
+    emb = Embeddings(out.views.astype(np.float32), patches)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         arrays = {"views": emb.views} | ({} if patches is None else {"patches": patches})

@@ -2,18 +2,23 @@
 =========
 
 What the detector reads: DICOM instances (through :mod:`sonoshot.dicom_io.pixels`, the one
-decode path) and plain PNG/JPEG files, turned into RGB frames cropped to the ultrasound image.
+decode path; :func:`~sonoshot.dicom_io.pixels.iter_frames_fast`, which decodes JPEG Baseline
+with libjpeg-turbo) and plain PNG/JPEG files, turned into RGB frames cropped to the ultrasound
+image.
 
 For DICOM: frames are sampled evenly from cine loops (``frames_per_cine``), and each frame is
 cropped to the largest 2D tissue region of the Sequence of Ultrasound Regions (the largest
 region of any kind when no region is flagged 2D tissue; the whole frame when there are none or
-they do not fit the image, which :func:`~sonoshot.dicom_io.pixels.ultrasound_regions` rejects).
+they are not trusted). The regions are those de-identification keeps:
+:func:`~sonoshot.dicom_io.pixels.ultrasound_regions` clips a region that passes the image edge
+by at most 2 pixels and trusts none when one passes it by more.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from sonoshot.dicom_io.pixels import RegionError, frame_count, iter_frames, ultrasound_regions
+from sonoshot.dicom_io.pixels import frame_count, iter_frames_fast, ultrasound_regions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -58,10 +63,7 @@ def even_indices(count: int, wanted: int) -> list[int]:
 
 def crop_box(ds: Dataset) -> tuple[int, int, int, int] | None:
     """``(x0, y0, x1, y1)`` inclusive box of the ultrasound image, or None for the whole frame."""
-    try:
-        regions = ultrasound_regions(ds)
-    except RegionError:
-        return None
+    regions = ultrasound_regions(ds)
     tissue = [r for r in regions if r.spatial_format == 1 and r.data_type in (0, 1)] or regions
     if not tissue:
         return None
@@ -81,7 +83,7 @@ def dataset_frames(ds: Dataset, frames_per_cine: int) -> InputImage:
     box = crop_box(ds)
     frames = []
     grid: tuple[int, int] | None = None
-    for frame in iter_frames(ds, indices):
+    for frame in iter_frames_fast(ds, indices):
         grid = (frame.shape[0], frame.shape[1])
         if box is not None:
             x0, y0, x1, y1 = box
@@ -92,7 +94,7 @@ def dataset_frames(ds: Dataset, frames_per_cine: int) -> InputImage:
 
 
 def read_input(path: Path, frames_per_cine: int) -> InputImage:
-    """Read a DICOM file or an image file.
+    """Read a DICOM file or an image file (once: parsed and hashed from the same bytes).
 
     Raises
     ------
@@ -104,13 +106,13 @@ def read_input(path: Path, frames_per_cine: int) -> InputImage:
     digest = hashlib.sha256(data).hexdigest()
     if path.suffix.lower() in IMAGE_SUFFIXES:
         try:
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data)) as im:
                 frame = np.asarray(im.convert("RGB"))
         except (UnidentifiedImageError, OSError) as exc:
             raise InputError(f"{path}: not a readable image ({exc})") from exc
         return InputImage(path.name, digest, (0,), (frame,))
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(io.BytesIO(data))
         image = dataset_frames(ds, frames_per_cine)
     except (InvalidDicomError, ValueError, AttributeError, OSError) as exc:
         raise InputError(f"{path}: not a decodable DICOM image ({exc})") from exc

@@ -7,15 +7,18 @@ output. Anything that fails a check is quarantined with a reason; nothing passes
 
 >>> key = load_key("var/deid.key")
 >>> outcome = deidentify_file(Path("in.dcm"), Path("out"), DeidPolicy.from_config(cfg), key)
->>> outcome.ok, outcome.output, outcome.reason
+>>> outcome.ok, outcome.output, outcome.reason, outcome.reason_code, outcome.method
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -23,21 +26,25 @@ from pydicom.sequence import Sequence
 
 from sonoshot import __version__
 
-from ..pixels import UndecodableError
+from ..pixels import UndecodableError, UnsupportedTransferSyntaxError, frame_count, iter_frames
 from .header import deidentify_header
 from .keys import DeidKeyError, keyed_uid, load_key, patient_pseudonym
-from .phi import collect_phi
-from .pixels_clean import PixelCleaningError, keep_area, write_clean_pixels
+from .ocr import sample_indices, verify_indices
+from .phi import PhiStrings, collect_phi
+from .pixels_clean import KeepArea, PixelCleaningError, find_text, keep_area, write_clean_pixels
 from .policy import DeidPolicy
 from .profile import EDITION
-from .verify import Verdict, check_header, check_ocr, check_pixels, original_uids
+from .textdetect import TextDetectorUnavailableError, text_detector
+from .verify import Verdict, check_header, check_ocr, check_pixels, check_text, original_uids
 
 __all__ = [
     "EDITION",
     "DeidKeyError",
     "DeidOutcome",
     "DeidPolicy",
+    "QuarantineReason",
     "deidentify_file",
+    "planned_method",
     "keyed_uid",
     "load_key",
     "patient_pseudonym",
@@ -54,20 +61,80 @@ _CODES = {
 }
 
 
+class QuarantineReason(StrEnum):
+    """Why an instance was quarantined: a short code, the same for every file, free of PHI."""
+
+    UNREADABLE = "unreadable"  # not DICOM, truncated, or without SOP Class / Instance UID
+    UNSUPPORTED_TRANSFER_SYNTAX = "unsupported-transfer-syntax"  # no decoder (JPEG XL, ...)
+    UNDECODABLE = "undecodable"  # a decoder exists but the pixel data or its attributes are bad
+    NO_KEEP_AREA = "no-keep-area"  # a matching configured mask is invalid, or nothing would be kept
+    TEXT_DETECTOR_UNAVAILABLE = "text-detector-unavailable"  # the detection model cannot be loaded
+    VERIFIER_FAILED = "verifier-failed"  # the written output failed a verifier check
+    INTERNAL_ERROR = "internal-error"  # an unexpected exception (named by type only)
+
+
 @dataclass
 class DeidOutcome:
     """The result for one input file; ``report`` is JSON-able and holds no PHI."""
 
     ok: bool
     output: Path | None = None
-    reason: str | None = None  # why it was quarantined
+    reason: str | None = None  # why it was quarantined (names checks and tags, never values)
+    reason_code: QuarantineReason | None = None  # the same, as a code (None when ok)
     sop_instance_uid: str | None = None  # keyed SOP Instance UID of the output
+    method: str | None = None  # keep-area method: regions, clipped regions, device mask, text-only
+    text_boxes: int = 0  # burned-in text boxes blanked inside the kept area
     report: dict[str, object] = field(default_factory=dict)
 
+    @classmethod
+    def internal_error(cls, exc: BaseException, uid: str | None = None,
+                       report: dict[str, object] | None = None) -> DeidOutcome:
+        """The quarantine for an unexpected exception: named by its type only (its message may hold PHI)."""
+        return _quarantine(dict(report or {}), QuarantineReason.INTERNAL_ERROR, f"internal error: {type(exc).__name__}",
+                           uid)
 
-def _quarantine(report: dict[str, object], reason: str, uid: str | None) -> DeidOutcome:
-    report.update(ok=False, quarantine_reason=reason)
-    return DeidOutcome(ok=False, reason=reason, sop_instance_uid=uid, report=report)
+
+def _quarantine(report: dict[str, object], code: QuarantineReason, reason: str, uid: str | None,
+                area: KeepArea | None = None) -> DeidOutcome:
+    report.update(ok=False, quarantine_reason=reason, reason_code=code.value)
+    return DeidOutcome(ok=False, reason=reason, reason_code=code, sop_instance_uid=uid,
+                       method=area.method if area else None, text_boxes=len(area.text_boxes) if area else 0,
+                       report=report)
+
+
+def planned_method(src: Path, policy: DeidPolicy) -> KeepArea:
+    """The keep area :func:`deidentify_file` would start from, read from the header only.
+
+    Raises
+    ------
+    pydicom.errors.InvalidDicomError, OSError
+        If the file cannot be read.
+    PixelCleaningError
+        If a matching configured mask is invalid.
+    sonoshot.dicom_io.pixels.UndecodableError
+        If Rows or Columns is missing.
+    """
+    return keep_area(pydicom.dcmread(src, stop_before_pixels=True), policy.clean_pixel_data, policy.pixel_masks)
+
+
+def _little_endian(out: Dataset) -> None:
+    """Byte-swap the binary values left in a dataset read as big endian, and mark it little endian.
+
+    Every other element was converted to Python values when the header was de-identified.
+    """
+    sizes = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
+
+    def walk(ds: Dataset) -> None:
+        for elem in ds:
+            if elem.VR == "SQ":
+                for item in elem.value or []:
+                    walk(item)
+            elif elem.VR in sizes and isinstance(elem.value, bytes) and elem.tag != 0x7FE00010:
+                size = sizes[elem.VR]
+                elem.value = np.frombuffer(elem.value, dtype=f">u{size}").astype(f"<u{size}").tobytes()
+
+    walk(out)
+    out.set_original_encoding(False, True, out.original_character_set)
 
 
 def _provenance(out: Dataset, policy: DeidPolicy, pixels_cleaned: bool) -> list[str]:
@@ -92,13 +159,28 @@ def _provenance(out: Dataset, policy: DeidPolicy, pixels_cleaned: bool) -> list[
     return done
 
 
+#: The OCR checks run here, beside the pixel check of the same file: tesseract is another
+#: process and onnxruntime releases the GIL, so the two use both cores of a small machine.
+_VERIFIER_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deid-ocr")
+
+
+def _read_frames(written: Dataset, sample: list[int], phi: PhiStrings, policy: DeidPolicy, text_only: bool,
+                 verdict: Verdict) -> None:
+    """The verifier's reading of the output: tesseract for PHI, and for text-only the detector."""
+    frames = list(iter_frames(written, sample))
+    check_ocr(frames, sample, phi, policy.ocr_min_score, verdict)
+    if text_only:
+        check_text(frames, sample, text_detector(policy.text_threads), verdict)
+
+
 def deidentify_file(src: Path, out_dir: Path, policy: DeidPolicy, key: bytes) -> DeidOutcome:
     """De-identify one instance into ``out_dir`` as ``<keyed SOP Instance UID>.dcm``.
 
     The output is written under a temporary name, verified from disk, and only then renamed
     into place, so a file in ``out_dir`` always passed the verifier and carries the Clean Pixel
     Data code and Burned In Annotation NO only then. A failure of any step quarantines: nothing
-    is left in ``out_dir`` and ``reason`` says why (without PHI).
+    is left in ``out_dir``, ``reason`` says why and ``reason_code`` names the kind
+    (:class:`QuarantineReason`), both without PHI. Big endian input is written little endian.
 
     Raises
     ------
@@ -112,37 +194,71 @@ def deidentify_file(src: Path, out_dir: Path, policy: DeidPolicy, key: bytes) ->
         source = pydicom.dcmread(src)
         out = pydicom.dcmread(src)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        return _quarantine(report, f"unreadable: {type(exc).__name__}", None)
+        return _quarantine(report, QuarantineReason.UNREADABLE, f"unreadable: {type(exc).__name__}", None)
     if "SOPInstanceUID" not in source or "SOPClassUID" not in source:
-        return _quarantine(report, "(0008,0016) SOP Class UID or (0008,0018) SOP Instance UID missing", None)
-    phi = collect_phi(source)
-    report["actions"] = dict(deidentify_header(out, policy, key, phi))
+        return _quarantine(report, QuarantineReason.UNREADABLE,
+                           "(0008,0016) SOP Class UID or (0008,0018) SOP Instance UID missing", None)
+    uid = None
+    try:
+        phi = collect_phi(source)
+        report["actions"] = dict(deidentify_header(out, policy, key, phi))
+        uid = str(out.SOPInstanceUID)
+        report["sop_instance_uid"] = uid
+        return _clean_and_verify(source, out, phi, out_dir, policy, report)
+    except (DeidKeyError, OSError):
+        raise
+    except Exception as exc:  # one bad file must not stop a batch: quarantined, named by type only
+        return DeidOutcome.internal_error(exc, uid, report)
+
+
+def _clean_and_verify(source: Dataset, out: Dataset, phi: PhiStrings, out_dir: Path, policy: DeidPolicy,
+                      report: dict[str, object]) -> DeidOutcome:
     uid = str(out.SOPInstanceUID)
-    report["sop_instance_uid"] = uid
+    area = None
     try:
         area = keep_area(source, policy.clean_pixel_data, policy.pixel_masks)
-        report["pixels"] = write_clean_pixels(source, out, area)
-    except (PixelCleaningError, UndecodableError) as exc:
-        return _quarantine(report, f"pixels: {exc}", uid)
+        detected: list[int] = []
+        if policy.clean_pixel_data:
+            detected = sample_indices(frame_count(source), policy.text_frames)
+            area = find_text(source, area, detected, text_detector(policy.text_threads))
+        report["pixels"] = write_clean_pixels(source, out, area) | {"text_detection_frames": detected}
+    except UnsupportedTransferSyntaxError as exc:
+        return _quarantine(report, QuarantineReason.UNSUPPORTED_TRANSFER_SYNTAX, f"pixels: {exc}", uid, area)
+    except UndecodableError as exc:
+        return _quarantine(report, QuarantineReason.UNDECODABLE, f"pixels: {exc}", uid, area)
+    except PixelCleaningError as exc:
+        return _quarantine(report, QuarantineReason.NO_KEEP_AREA, f"pixels: {exc}", uid, area)
+    except TextDetectorUnavailableError as exc:
+        return _quarantine(report, QuarantineReason.TEXT_DETECTOR_UNAVAILABLE, f"pixels: {exc}", uid, area)
     report["methods"] = _provenance(out, policy, policy.clean_pixel_data)
+    if not source.is_little_endian:
+        _little_endian(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{uid}.dcm"
     partial = out_dir / f".{uid}.partial"
     try:
         out.save_as(partial, enforce_file_format=True)
+        rows, columns = int(source.Rows), int(source.Columns)
         del out
         verdict = Verdict()
         written = check_header(partial, phi, original_uids(source), verdict)
-        check_pixels(source, written, area.boxes, verdict)
-        if policy.ocr:
-            check_ocr(written, phi, policy.ocr_max_frames, policy.ocr_min_score, verdict)
+        ocr = None
+        if policy.ocr and frame_count(written) == frame_count(source):
+            sample = verify_indices(frame_count(source), detected, policy.ocr_max_frames)
+            ocr = _VERIFIER_POOL.submit(_read_frames, written, sample, phi, policy,
+                                        area.method == "text-only", verdict)
+        check_pixels(source, written, area.mask(rows, columns), verdict)  # on this thread, while tesseract reads
+        if ocr is not None:
+            ocr.result()
     except Exception:
         partial.unlink(missing_ok=True)
         raise
     report["verifier"] = verdict.checks | {"failures": verdict.failures}
     if not verdict.ok:
         partial.unlink()
-        return _quarantine(report, "verifier: " + "; ".join(verdict.failures), uid)
+        return _quarantine(report, QuarantineReason.VERIFIER_FAILED, "verifier: " + "; ".join(verdict.failures),
+                           uid, area)
     os.replace(partial, final)
     report["ok"] = True
-    return DeidOutcome(ok=True, output=final, sop_instance_uid=uid, report=report)
+    return DeidOutcome(ok=True, output=final, sop_instance_uid=uid, method=area.method,
+                       text_boxes=len(area.text_boxes), report=report)

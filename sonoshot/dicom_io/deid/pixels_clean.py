@@ -1,31 +1,39 @@
 """pixels_clean.py
 ===============
 
-Clean Pixel Data (PS3.15 E.3.1) for ultrasound: keep the image data inside the Sequence of
-Ultrasound Regions, or inside a configured per-device mask when there are no usable regions,
-and set every other pixel of every frame to black. Frames are decoded one at a time through
-:mod:`sonoshot.dicom_io.pixels` and written RLE Lossless, so memory holds one decoded frame
-plus the compressed output. The output's Photometric Interpretation is what was written (RGB
-after YBR or PALETTE COLOR decoding), and Lossy Image Compression stays "01" when the source
-was ever lossy.
+Clean Pixel Data (PS3.15 E.3.1) for ultrasound. The keep area is chosen, in order, from
+
+1. the Sequence of Ultrasound Regions (``regions``; ``clipped regions`` when a region passed the
+   image edge by at most 2 pixels), unless they do not describe these pixels
+   (:func:`sonoshot.dicom_io.pixels.region_geometry`);
+2. a device mask (``device mask``: configured, else pydicom ``deid``'s recipe, :mod:`.masks`);
+3. the whole frame (``text-only``).
+
+Then, in every method, burned-in text inside the kept area is found by the text detector
+(:mod:`.textdetect`) on several frames, and the union of the boxes, grown, is blanked on every
+frame. Frames are decoded one at a time through :mod:`sonoshot.dicom_io.pixels` and written RLE
+Lossless, so memory holds one decoded frame plus the compressed output. The output's
+Photometric Interpretation is what was written (RGB after YBR or PALETTE COLOR decoding), and
+Lossy Image Compression stays "01" when the source was ever lossy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_encoder
 from pydicom.uid import UID, RLELossless
+from scipy import ndimage
 
 from sonoshot.config import PixelMask
 
-from ..pixels import RegionError, UltrasoundRegion, frame_count, frame_format, iter_frames, ultrasound_regions
-
-Box = tuple[int, int, int, int]  # x0, y0, x1, y1, inclusive
+from ..pixels import frame_count, frame_format, iter_frames, region_geometry
+from .masks import Box, MaskError, Op, device_mask
+from .textdetect import CLEAN_SCORE, TextDetector, grow
 
 # Transfer syntaxes whose encoding loses information (PS3.5 Section 8 and 10).
 _LOSSY = frozenset({
@@ -38,67 +46,113 @@ _LOSSY = frozenset({
 _PALETTE_TAGS = (0x00281101, 0x00281102, 0x00281103, 0x00281104, 0x00281199, 0x00281201,
                  0x00281202, 0x00281203, 0x00281204, 0x00281221, 0x00281222, 0x00281223)
 
+#: The keep-area methods, as the report and ``sonoshot anonymize`` name them.
+METHODS = ("regions", "clipped regions", "device mask", "text-only", "none (cleaning off)")
+TEXT_MARGIN = 2  # pixels added around every grown text box
+TEXT_ROUNDS = 6  # most detection passes per frame: the original, then as blanked so far
+
 
 class PixelCleaningError(ValueError):
-    """No usable keep area: regions missing or invalid and no configured mask matches."""
+    """No usable keep area: a matching configured mask is invalid, or nothing would be kept."""
 
 
 @dataclass(frozen=True)
 class KeepArea:
-    """The boxes of image data kept on every frame, and where they came from."""
+    """What is kept on every frame: ``ops`` applied in order onto a blank frame, then text blanked.
 
-    boxes: tuple[Box, ...]
-    source: str  # "ultrasound regions", "pixel mask <n>" or "whole image (cleaning off)"
+    ``method`` is one of :data:`METHODS`; ``source`` and ``notes`` say why (no PHI).
+    """
 
+    method: str
+    source: str
+    ops: tuple[Op, ...]
+    notes: tuple[str, ...] = ()
+    text_boxes: tuple[Box, ...] = ()  # grown text boxes blanked inside the kept area
 
-def _mask_matches(mask: PixelMask, ds: Dataset) -> bool:
-    manufacturer = str(ds.get("Manufacturer", "")).lower()
-    model = str(ds.get("ManufacturerModelName", "")).lower()
-    return (
-        bool(mask.manufacturer)
-        and manufacturer.startswith(mask.manufacturer.lower())
-        and model.startswith(mask.model.lower())
-        and (mask.rows, mask.columns) == (int(ds.Rows), int(ds.Columns))
-    )
+    def mask(self, rows: int, columns: int, with_text: bool = True) -> np.ndarray:
+        """Boolean ``(rows, columns)`` array, True where pixels are kept."""
+        mask = np.zeros((rows, columns), dtype=bool)
+        for keep, (x0, y0, x1, y1) in self.ops + tuple((False, b) for b in (self.text_boxes if with_text else ())):
+            mask[y0:y1 + 1, x0:x1 + 1] = keep
+        return mask
 
 
 def keep_area(ds: Dataset, clean: bool, masks: Sequence[PixelMask]) -> KeepArea:
-    """Choose what to keep: the ultrasound regions, else the first matching mask.
+    """Choose the keep area from the header alone: regions, else a device mask, else the whole frame.
 
     Raises
     ------
     PixelCleaningError
-        If the regions are absent or invalid (never clipped) and no mask matches, or a matching
-        mask has a box outside the image.
+        If a matching configured mask is invalid or has a box outside the image.
+    sonoshot.dicom_io.pixels.UndecodableError
+        If Rows or Columns is missing.
+    """
+    geometry = region_geometry(ds)
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    whole = (0, 0, columns - 1, rows - 1)
+    if not clean:
+        return KeepArea("none (cleaning off)", "whole image (cleaning off)", ((True, whole),))
+    notes = (f"regions not trusted: {geometry.problem}",) if geometry.problem else ()
+    if geometry.regions:
+        ops = tuple((True, r.bounds) for r in geometry.regions)
+        if geometry.clipped:
+            clipped = ", ".join(str(i) for i in geometry.clipped)
+            return KeepArea("clipped regions", "Sequence of Ultrasound Regions", ops,
+                            (f"region(s) {clipped} clipped to the {columns}×{rows} image",))
+        return KeepArea("regions", "Sequence of Ultrasound Regions", ops)
+    try:
+        matched = device_mask(ds, masks)
+    except MaskError as exc:
+        raise PixelCleaningError(str(exc)) from exc
+    if matched is not None:
+        return KeepArea("device mask", matched.source, matched.ops, notes)
+    reason = "regions not trusted" if geometry.problem else "no Sequence of Ultrasound Regions"
+    return KeepArea("text-only", f"whole frame ({reason}, no device mask)", ((True, whole),), notes)
+
+
+def find_text(ds: Dataset, area: KeepArea, indices: Sequence[int], detector: TextDetector) -> KeepArea:
+    """``area`` with the text found on frames ``indices`` inside its kept part blanked.
+
+    Each frame is searched whole first (the detector needs the context; the first frame in both
+    views, the others, which repeat a static overlay, in the plain view), then again as it will
+    be written (outside the keep area and the boxes found so far black, plain view), until a
+    pass finds nothing new (at most :data:`TEXT_ROUNDS` passes): blanking changes the context,
+    and marks next to removed text (labels, body markers) only score as text once it is gone.
+    The boxes of all frames are united, grown (:func:`.textdetect.grow` plus
+    :data:`TEXT_MARGIN`), and every connected group of grown boxes that touches the kept area
+    becomes one blanked rectangle.
+
+    Raises
+    ------
+    PixelCleaningError
+        If the text covers everything that would be kept.
+    sonoshot.dicom_io.pixels.UndecodableError
+        If a frame cannot be decoded.
     """
     rows, columns = int(ds.Rows), int(ds.Columns)
-    if not clean:
-        return KeepArea(((0, 0, columns - 1, rows - 1),), "whole image (cleaning off)")
-    try:
-        regions = ultrasound_regions(ds)
-        problem = "" if regions else "no Sequence of Ultrasound Regions"
-    except RegionError as exc:
-        regions, problem = [], str(exc)
-    if regions:
-        return KeepArea(tuple(r.bounds for r in regions), "ultrasound regions")
-    for number, mask in enumerate(masks):
-        if _mask_matches(mask, ds):
-            try:
-                boxes = [UltrasoundRegion(*box) for box in mask.keep]
-            except (RegionError, TypeError) as exc:
-                raise PixelCleaningError(f"pixel mask {number} is invalid: {exc}") from exc
-            if not boxes or not all(b.fits(rows, columns) for b in boxes):
-                raise PixelCleaningError(f"pixel mask {number} has no box or one outside the image")
-            return KeepArea(tuple(b.bounds for b in boxes), f"pixel mask {number}")
-    raise PixelCleaningError(f"{problem}, and no configured pixel mask matches this device and size")
-
-
-def keep_mask(rows: int, columns: int, boxes: Sequence[Box]) -> np.ndarray:
-    """Boolean ``(rows, columns)`` array, True inside any box."""
-    mask = np.zeros((rows, columns), dtype=bool)
-    for x0, y0, x1, y1 in boxes:
-        mask[y0:y1 + 1, x0:x1 + 1] = True
-    return mask
+    kept = area.mask(rows, columns, with_text=False)
+    found = np.zeros((rows, columns), dtype=bool)
+    for number, frame in enumerate(iter_frames(ds, indices)):
+        view = frame
+        for round_ in range(TEXT_ROUNDS):
+            new = 0
+            for box in detector.detect(view, CLEAN_SCORE, views=2 if round_ == number == 0 else 1):
+                x0, y0, x1, y1 = grow(box, rows, columns, TEXT_MARGIN)
+                new += not found[y0:y1 + 1, x0:x1 + 1].all()
+                found[y0:y1 + 1, x0:x1 + 1] = True
+            if not new:
+                break
+            view = frame.copy()
+            view[found | ~kept] = 0
+    labels, _count = ndimage.label(found)
+    boxes = []
+    for number, (ys, xs) in enumerate(ndimage.find_objects(labels), start=1):
+        if kept[ys, xs][labels[ys, xs] == number].any():
+            boxes.append((xs.start, ys.start, xs.stop - 1, ys.stop - 1))
+    result = replace(area, text_boxes=tuple(boxes))
+    if not result.mask(rows, columns).any():
+        raise PixelCleaningError("text covers the whole kept area: nothing would be kept")
+    return result
 
 
 def black(photometric: str, bits_stored: int) -> int:
@@ -123,7 +177,7 @@ def write_clean_pixels(source: Dataset, out: Dataset, area: KeepArea) -> dict[st
         If the source pixel data cannot be decoded.
     """
     fmt = frame_format(source)
-    mask = keep_mask(fmt.rows, fmt.columns, area.boxes)
+    mask = area.mask(fmt.rows, fmt.columns)
     fill = black(fmt.photometric_interpretation, fmt.bits_stored)
     encoder = get_encoder(RLELossless)
     options = dict(
@@ -161,8 +215,11 @@ def write_clean_pixels(source: Dataset, out: Dataset, area: KeepArea) -> dict[st
         "source_transfer_syntax": str(UID(source.file_meta.TransferSyntaxUID)),
         "source_photometric": str(source.get("PhotometricInterpretation", "")),
         "output_photometric": fmt.photometric_interpretation,
+        "method": area.method,
         "keep_area": area.source,
-        "kept_boxes": [list(b) for b in area.boxes],
+        "keep_notes": list(area.notes),
+        "mask_ops": [["keep" if keep else "blank", list(box)] for keep, box in area.ops],
+        "text_boxes": [list(b) for b in area.text_boxes],
         "blanked_pixels_per_frame": int((~mask).sum()),
         "lossy_history": lossy,
     }

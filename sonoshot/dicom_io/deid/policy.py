@@ -22,7 +22,8 @@ class DeidPolicy:
     Raises
     ------
     ValueError
-        If ``ocr_max_frames`` is below 1 or ``ocr_min_score`` is outside 50..100.
+        If ``ocr_max_frames``, ``text_frames`` or ``text_threads`` is below 1, or
+        ``ocr_min_score`` is outside 50..100.
     """
 
     retain_modified_dates: bool = True  # E.3.6: keyed per-patient date shift
@@ -34,10 +35,13 @@ class DeidPolicy:
     ocr_max_frames: int = 8
     ocr_min_score: float = 85.0  # rapidfuzz partial_ratio that counts as a match
     pixel_masks: tuple[PixelMask, ...] = ()
+    text_frames: int = 4  # frames of a clip the text detector searches (union of their boxes)
+    text_threads: int = 1  # onnxruntime threads of the text detector
 
     def __post_init__(self) -> None:
-        if self.ocr_max_frames < 1:
-            raise ValueError(f'Argument "ocr_max_frames" must be at least 1, got {self.ocr_max_frames}.')
+        for name in ("ocr_max_frames", "text_frames", "text_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f'Argument "{name}" must be at least 1, got {getattr(self, name)}.')
         if not 50 <= self.ocr_min_score <= 100:
             raise ValueError(f'Argument "ocr_min_score" must be in [50, 100], got {self.ocr_min_score}.')
 
@@ -54,6 +58,8 @@ class DeidPolicy:
             ocr_max_frames=config.ocr_max_frames,
             ocr_min_score=config.ocr_min_score,
             pixel_masks=config.pixel_masks,
+            text_frames=config.text_detection_frames,
+            text_threads=config.text_detector_threads,
         )
 
     @property
@@ -81,10 +87,14 @@ class DeidPolicy:
         if self.retain_modified_dates:
             yield "DA and DT values (shifted by -1..-3650 days per patient, keyed); TM kept"
         if self.clean_pixel_data:
-            yield "pixels outside the Sequence of Ultrasound Regions (else a configured mask): black, every frame"
+            yield ("keep area: the Sequence of Ultrasound Regions (clipped when at most 2 px past the image), "
+                   "else a device mask (configured, else the deid recipe), else the whole frame (text-only)")
             yield f"configured pixel masks: {len(self.pixel_masks)}"
+            yield (f"burned-in text inside the keep area: PP-OCRv4 text detection on {self.text_frames} frame(s), "
+                   "union of boxes grown and blanked on every frame")
             yield "cleaned pixels written RLE Lossless; YBR and PALETTE COLOR decoded to RGB"
-        ocr = f"OCR with tesseract of up to {self.ocr_max_frames} frames" if self.ocr else "OCR off"
+        ocr = (f"OCR with tesseract of up to {self.ocr_max_frames} other frames, and for text-only no text box "
+               "left but scanner readouts" if self.ocr else "OCR off")
         yield f"verifier: header PHI search, UID check, pixel check, {ocr}; any failure quarantines"
         for row in ROWS:
             yield f"({row.tag}) {row.name}: {resolve(row, self.options)}"

@@ -9,7 +9,10 @@ the original instance, without using the de-identification code it checks.
   preamble is zero;
 * pixels: on every frame, each blanked pixel equals the fill value and each kept pixel equals
   the decoded input pixel;
-* OCR: tesseract on a sample of the output frames finds none of the PHI strings.
+* OCR: tesseract on a sample of the output frames (other frames than text detection used,
+  where the clip has them) finds none of the PHI strings;
+* text (text-only method): the text detector on the same frames finds no box at or above
+  :data:`.textdetect.VERIFY_SCORE` whose text is not a scanner readout (:mod:`.readouts`).
 
 Failures are named by check and tag only, never by value, so they can be logged and reported.
 """
@@ -26,9 +29,11 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from ..pixels import frame_count, frame_format, iter_frames
-from .ocr import OcrUnavailableError, find_phi, ocr_text, sample_indices
+from .ocr import OcrUnavailableError, find_phi, ocr_frames, ocr_words
 from .phi import PhiStrings, searchable
-from .pixels_clean import Box, black, keep_mask
+from .pixels_clean import black
+from .readouts import classify
+from .textdetect import VERIFY_SCORE, TextDetector, grow
 
 _BINARY_SCAN_LIMIT = 65536  # binary values up to this size are searched as text too
 _UID = re.compile(r"^[0-9.]+$")
@@ -119,31 +124,30 @@ def _well_known(uid: str) -> bool:
     return pydicom.uid.UID(uid).name != uid
 
 
-def check_pixels(source: Dataset, out: Dataset, boxes: tuple[Box, ...], verdict: Verdict) -> None:
+def check_pixels(source: Dataset, out: Dataset, kept: np.ndarray, verdict: Verdict) -> None:
     """Every blanked pixel is black and every kept pixel equals the input, on every frame."""
     fmt = frame_format(out)
     if frame_count(out) != frame_count(source) or fmt.shape != frame_format(source).shape:
         verdict.failures.append("pixels: output frame count or shape differs from the input")
         return
-    kept = keep_mask(fmt.rows, fmt.columns, boxes)
     fill = black(fmt.photometric_interpretation, fmt.bits_stored)
+    blanked = ~kept
     bad = []
     for index, (before, after) in enumerate(zip(iter_frames(source), iter_frames(out), strict=True)):
-        if not (np.all(after[~kept] == fill) and np.array_equal(after[kept], before[kept])):
+        before[blanked] = fill  # the expected frame: the input, black where blanked
+        if not np.array_equal(before, after):
             bad.append(index)
     if bad:
         verdict.failures.append(f"pixels: {len(bad)} frame(s) differ from the expected cleaning")
     verdict.checks["pixels"] = {"frames": frame_count(out), "failed_frames": bad}
 
 
-def check_ocr(out: Dataset, phi: PhiStrings, at_most: int, min_score: float, verdict: Verdict) -> None:
-    """tesseract on a sample of frames finds no PHI string (fails closed without tesseract)."""
-    indices = sample_indices(frame_count(out), at_most)
+def check_ocr(frames: list[np.ndarray], indices: list[int], phi: PhiStrings, min_score: float,
+              verdict: Verdict) -> None:
+    """tesseract on the sampled output frames finds no PHI string (fails closed without tesseract)."""
     targets = phi.ocr_targets()
-    hits = 0
     try:
-        for frame in iter_frames(out, indices):
-            hits += len(find_phi(ocr_text(frame), targets, min_score))
+        hits = len(find_phi(ocr_frames(frames), targets, min_score))
     except OcrUnavailableError as exc:
         verdict.failures.append(f"ocr: {exc}")
         verdict.checks["ocr"] = "unavailable"
@@ -151,3 +155,23 @@ def check_ocr(out: Dataset, phi: PhiStrings, at_most: int, min_score: float, ver
     if hits:
         verdict.failures.append(f"ocr: {hits} PHI string match(es) in the cleaned frames")
     verdict.checks["ocr"] = {"frames": indices, "targets": len(targets), "matches": hits}
+
+
+def check_text(frames: list[np.ndarray], indices: list[int], detector: TextDetector, verdict: Verdict) -> None:
+    """No text box at or above the detector's threshold is left in which tesseract reads text that
+    is not a scanner readout (:func:`.readouts.classify`)."""
+    kinds = {"text": 0, "readout": 0, "mark": 0}
+    try:
+        for frame in frames:
+            rows, columns = frame.shape[:2]
+            for box in detector.detect(frame, VERIFY_SCORE):
+                x0, y0, x1, y1 = grow(box, rows, columns, 2)
+                kinds[classify(ocr_words(frame[y0:y1 + 1, x0:x1 + 1]))] += 1
+    except OcrUnavailableError as exc:
+        verdict.failures.append(f"text: {exc}")
+        verdict.checks["text"] = "unavailable"
+        return
+    if kinds["text"]:
+        verdict.failures.append(f"text: {kinds['text']} text box(es) left in the cleaned frames")
+    verdict.checks["text"] = {"frames": indices, "boxes_left": kinds["text"], "readouts_allowed": kinds["readout"],
+                              "unreadable_marks": kinds["mark"]}
