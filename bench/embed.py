@@ -142,7 +142,7 @@ def busi_aurocs(backbone: Backbone, busi: Path) -> tuple[dict, dict, dict]:
             values = []
             for draw in range(DRAWS):
                 sup, qry = draw_split(examples, k, draw, "labelled")
-                s, _ = table[name](embeddings[sup], labels[sup], embeddings[qry], None, draw)
+                s = table[name](embeddings[sup], labels[sup], embeddings[qry], None, draw).scores
                 values.append(roc_auc_score(labels[qry], s))
                 if name == "sonoshot":
                     scores[(k, draw)] = s

@@ -127,11 +127,13 @@ def test_zero_shot_fit_score_and_bundle_round_trip(config: DetectorConfig, tmp_p
     zero_scores = zero.score_dataset(ds)
     assert len(zero_scores) == 1 and 0.0 <= zero_scores[0].score <= 1.0
     assert zero_scores[0].frames == (0, 10, 19, 29)
+    assert zero_scores[0].maps == ()  # no patch memory, no map
 
     backbone = create_backbone(config)
     detector = fit_detector(backbone, _images(1, 4, False), _images(2, 4, True), config, seed=3)
     assert detector.state.mode == "labelled" and detector.state.head is not None
     assert detector.state.bank is not None and detector.state.global_scale is not None
+    assert detector.state.probe is not None and detector.state.probe.weight.shape == (192,)
     assert detector.provenance["prompts"]["abnormal"]
     digest = save_bundle(detector, tmp_path / "bundle")
     loaded = load_detector(dataclasses.replace(config, bundle=str(tmp_path / "bundle")))
@@ -143,6 +145,10 @@ def test_zero_shot_fit_score_and_bundle_round_trip(config: DetectorConfig, tmp_p
                                detector.score_frames([im.frames[0] for im in probe]), rtol=1e-5)
     meta = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
     assert len(meta["support"]) == 8 and meta["backbone"]["sha256"] == backbone.sha256
+    (scored,) = loaded.score_dataset(ds)  # ViT patch tokens: a 14 x 14 grid per view
+    assert [m.frame for m in scored.maps] == [0, 10, 19, 29]
+    assert all(m.anomaly.shape == (240, 320) and m.threshold == loaded.map_threshold
+               for m in scored.maps)
 
     normal_only = fit_detector(backbone, _images(1, 4, False), [], config, seed=3)
     state = normal_only.state

@@ -22,8 +22,8 @@ from tests import util
 
 CONFIG = DetectorConfig(backbone="efficientnet-lite0", precision="fp32")  # the stored scores are fp32
 # Scores of QUERY (normal, normal, abnormal, abnormal) under the detector fitted below
-# (seed 0), computed once on CPU (global prototypes + patch memory; see docs/model.md).
-REGRESSION_SCORES = [0.21370, 0.21114, 0.22075, 0.64287]
+# (seed 0), computed once on CPU (global prototypes, patch memory, lesion probe; docs/model.md).
+REGRESSION_SCORES = [0.14713, 0.11265, 0.14545, 0.47363]
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +79,14 @@ def test_bundle_round_trip_and_backbone_check(fitted, backbone: Backbone, tmp_pa
     (ours,), (theirs,) = fitted.score_image(query).maps, loaded.score_image(query).maps
     np.testing.assert_allclose(ours.anomaly, theirs.anomaly, rtol=1e-5, atol=1e-5)
 
-    old = {k: v for k, v in meta.items() if k not in ("scope", "description", "map_threshold")}
+    assert loaded.state.probe is not None and loaded.state.probe_scale == fitted.state.probe_scale
+    old = {k: v for k, v in meta.items()
+           if k not in ("scope", "description", "map_threshold", "probe")}
     (tmp_path / "b" / "bundle.json").write_text(json.dumps(old))  # format 2 before scopes
     before = load_bundle(tmp_path / "b", backbone, CONFIG)
-    assert before.scope == {} and before.description == ""
-    assert before.map_threshold == pytest.approx(fitted.map_threshold)
+    assert before.scope == {} and before.description == "" and before.state.probe is None
+    t = fitted.state.threshold
+    assert before.map_threshold == pytest.approx(np.log(t / (1 - t)))  # the image threshold's
     (tmp_path / "b" / "bundle.json").write_text(json.dumps({**meta, "scope": {"Bad": ["X"]}}))
     with pytest.raises(DetectorError, match="bad scope"):
         load_bundle(tmp_path / "b", backbone, CONFIG)

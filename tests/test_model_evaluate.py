@@ -14,6 +14,7 @@ from sonoshot.model.detector import Embeddings
 from sonoshot.model.evaluate import Example, draw_split, markdown_table, read_manifest, run_protocol
 from sonoshot.model.head import N_VIEWS
 from sonoshot.model.inputs import InputError
+from sonoshot.model.localisation import EVAL_SIDE, centre_map, pixel_metrics, read_masks
 
 
 @pytest.mark.parametrize("protocol", ["labelled", "normal-only"])
@@ -43,7 +44,8 @@ def test_run_protocol_rows_and_table() -> None:
                                 2, "labelled", None)
     names = {r["method"] for r in rows}
     assert names == {"sonoshot", "sonoshot-no-projection", "sonoshot-no-augmentation",
-                     "sonoshot-no-patches", "sonoshot-patches-only", "baseline-prototype",
+                     "sonoshot-no-patches", "sonoshot-no-probe", "sonoshot-patches-only",
+                     "baseline-prototype",
                      "baseline-knn", "baseline-logreg"}
     assert all(r["auroc_mean"] > 0.8 and r["seeds"] == 2 for r in rows)
     assert set(curves) == {(m, k) for m in names for k in (2, 4)}
@@ -76,6 +78,10 @@ def test_eval_command_writes_report(busi: Path, tmp_path: Path) -> None:
     data.mkdir()
     (data / "manifest.csv").write_text("file,label,group\n" + "".join(
         f"{busi / e.file},{'abnormal' if e.label else 'normal'},{e.group}\n" for e in picked))
+    (data / "masks").mkdir()
+    for e in picked[6:]:
+        name = f"{Path(e.file).stem}.png"
+        (data / "masks" / name).symlink_to(busi / "masks" / name)
     report = tmp_path / "report"
     status = main(["eval", "--data", str(data), "--shots", "1,2", "--seeds", "2", "--protocol",
                    "both", "--backbone", "efficientnet-lite0", "--cache", str(tmp_path / "cache"),
@@ -88,7 +94,17 @@ def test_eval_command_writes_report(busi: Path, tmp_path: Path) -> None:
         (p, k) for p in ("labelled", "normal-only") for k in (1, 2)}
     assert (report / "roc-labelled-k2.png").stat().st_size > 1000
     assert (report / "roc-normal-only-k1.png").is_file()
-    assert "| baseline-logreg | AUROC |" in (report / "report.md").read_text()
+    text = (report / "report.md").read_text()
+    assert "| baseline-logreg | AUROC |" in text
+    pixel = [r for r in rows if r["level"] == "pixel"]
+    assert {(r["method"], r["protocol"], r["shots"]) for r in pixel} == {
+        (m, p, k) for m in ("sonoshot", "patch-distance", "centre")
+        for p in ("labelled", "normal-only") for k in (1, 2)}
+    assert all(0 <= r["pixel_auroc_mean"] <= 1 and 0 <= r["peak_hit_mean"] <= 1 for r in pixel)
+    assert "### labelled protocol, pixel level, 2 seeds" in text
+    assert "| floor: centre | pixel AUROC |" in text and "| sonoshot | peak hit rate |" in text
+    assert (report / "gallery-labelled-k2.png").stat().st_size > 10000
+    assert (report / "gallery-normal-only-k2.png").is_file()
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
 
 
@@ -122,3 +138,25 @@ def test_fit_command_and_its_errors(busi: Path, tmp_path: Path,
     assert main(["--config", str(config), "fit", "--normal", str(normal), "--abnormal",
                  str(abnormal), "--out", str(tmp_path / "z")]) == 1
     assert "too few examples: 2 normal and 2 abnormal" in capsys.readouterr().err
+
+
+def test_pixel_metrics_and_the_centre_floor(busi: Path) -> None:
+    examples = read_manifest(busi)
+    files = [e.file for e in examples if e.label == 1][:3] + [e.file for e in examples
+                                                              if e.label == 0][:1]
+    masks = read_masks(busi, files)
+    assert sorted(masks) == [0, 1, 2]
+    assert masks[0].grid.shape == (EVAL_SIDE, EVAL_SIDE) and masks[0].full.shape == (512, 512)
+    truth = [masks.get(i) for i in range(4)]
+    perfect = [m.grid.astype(np.float32) for m in truth[:3]] + [np.zeros((128, 128), np.float32)]
+    assert pixel_metrics(perfect, truth) == (1.0, 1.0)
+    inverted = [1 - m for m in perfect[:3]] + [np.ones((128, 128), np.float32)]
+    auroc, hit = pixel_metrics(inverted, truth)
+    assert auroc < 0.1 and hit == 0.0
+    centre = centre_map((128, 128))
+    assert np.unravel_index(centre.argmax(), centre.shape) in {(63, 63), (63, 64), (64, 63),
+                                                                (64, 64)}
+    assert 0.5 < pixel_metrics([centre] * 4, truth)[0] < 1.0
+    with pytest.raises(ValueError, match="no query image has a lesion"):
+        pixel_metrics([centre], [None])
+    assert read_masks(busi / "images", files) == {}

@@ -105,6 +105,8 @@ def fit(ctx: click.Context, normal_dir: Path, abnormal_dir: Path | None, backbon
 @click.option("--shots", default="1,2,4,8,16", show_default=True, help="Comma-separated k.")
 @click.option("--seeds", type=click.IntRange(1), default=5, show_default=True,
               help="Random support draws per k.")
+@click.option("--first-seed", type=click.IntRange(0), default=0, show_default=True,
+              help="First draw (reported tables: 0; tuning: 100).")
 @click.option("--protocol", type=click.Choice(["labelled", "normal-only", "both"]),
               default="labelled", show_default=True)
 @click.option("--backbone", default=None, help="auto, biomedclip or efficientnet-lite0.")
@@ -115,9 +117,9 @@ def fit(ctx: click.Context, normal_dir: Path, abnormal_dir: Path | None, backbon
               required=True, help="Folder for report.json, report.md and ROC PNGs.")
 @_compute_options
 @click.pass_context
-def eval_(ctx: click.Context, data_dir: Path, shots: str, seeds: int, protocol: str,
-          backbone: str | None, cache_dir: Path, report_dir: Path, precision: str | None,
-          threads: int | None) -> None:
+def eval_(ctx: click.Context, data_dir: Path, shots: str, seeds: int, first_seed: int,
+          protocol: str, backbone: str | None, cache_dir: Path, report_dir: Path,
+          precision: str | None, threads: int | None) -> None:
     """Evaluate the detector, its ablations and baselines with k-shot draws."""
     import torch
 
@@ -135,7 +137,7 @@ def eval_(ctx: click.Context, data_dir: Path, shots: str, seeds: int, protocol: 
     try:
         model = create_backbone(config)
         evaluate(model, data_dir, ks, seeds, protocols, report_dir, cache_dir,
-                 config.mask_annotations)
+                 config.mask_annotations, first_seed)
     except (InputError, BackboneError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{model.name} at {model.precision}, {torch.get_num_threads()} torch threads\n")

@@ -9,8 +9,8 @@ with cached embeddings); :func:`fit_detector` wraps it with a backbone and file 
 a bundle folder (``bundle.json`` + ``head.pt``) and loading refuses a backbone whose weights
 differ from the ones the bundle was fitted on.
 
-Modes: ``labelled`` (normal and abnormal examples: projection head + prototypes, and the
-patch memory of the normal examples), ``normal-only`` (normal examples: the patch memory, and
+Modes: ``labelled`` (normal and abnormal examples: projection head + prototypes, the patch
+memory of the normal examples and the lesion probe), ``normal-only`` (normal examples: the patch memory, and
 the abnormal text anchor against the normal prototype when there is a text tower),
 ``zero-shot`` (text anchors only).
 """
@@ -38,6 +38,7 @@ from sonoshot.model.head import (FLIP_VIEWS, TTA_VIEWS, HeadConfig, ProjectionHe
 from sonoshot.model.inputs import InputImage, dataset_frames
 from sonoshot.model.maps import FrameMap, place, unview
 from sonoshot.model.patches import PatchBank, image_anomaly
+from sonoshot.model.probe import LesionProbe
 from sonoshot.model.pipeline import embed_frames
 from sonoshot.model.prompts import class_prompts, ensemble
 from sonoshot.model.runtime import native_bf16
@@ -84,10 +85,13 @@ class Embeddings:
 class HeadState:
     """Everything scoring needs besides the backbone.
 
-    An image's evidence is the sum of up to two terms, each standardised by the mean and
-    standard deviation of its leave-one-out values on the support set: the global term (the
-    cosine-logit difference between the abnormal and the normal prototype) and the patch term
-    (:meth:`PatchBank.anomaly`). The score is the logistic of the evidence.
+    An image's evidence is the sum of up to three terms, each standardised by the mean and
+    standard deviation of its values on the support set (leave-one-out for the first two):
+    the global term (the cosine-logit difference between the abnormal and the normal
+    prototype), the patch term (:meth:`PatchBank.anomaly`) and the lesion-probe term (the
+    same top-patch mean of :meth:`LesionProbe.logits`). The score is the logistic of the
+    evidence. The anomaly map of an image is the standardised patch distance plus the probe's
+    standardised logit, per patch.
     """
 
     mode: Mode
@@ -105,6 +109,8 @@ class HeadState:
     # and, from fit_detector, the image statistics of its frames.
     validation: dict[str, list] = field(default_factory=dict)
     map_threshold: float | None = None  # anomaly-map value of an anomalous pixel; None: none
+    probe: LesionProbe | None = None  # labelled mode with a patch memory
+    probe_scale: tuple[float, float] = (0.0, 1.0)  # (mean, std) of the probe term
 
     def project(self, emb: np.ndarray) -> torch.Tensor:
         z = torch.as_tensor(emb, dtype=torch.float32)
@@ -126,16 +132,21 @@ class HeadState:
         return logit if self.global_scale is None else _standardise(logit, self.global_scale)
 
     def evidence_maps(self, emb: Embeddings) -> tuple[np.ndarray, np.ndarray | None]:
-        """Standardised evidence of abnormality per image ``(N,)``, and per patch
-        ``(N, V, P)`` under the scoring views (None without the patch memory): each patch's
-        nearest-normal distance standardised like the patch term, plus the image's global
-        term, so a map is in the same units as the evidence it explains."""
+        """Standardised evidence of abnormality per image ``(N,)``, and the anomaly map per
+        patch ``(N, V, P)`` under the scoring views (None without the patch memory): each
+        patch's nearest-normal distance standardised like the patch term, plus the lesion
+        probe's standardised logit where there is a probe."""
         total = self.global_evidence(emb)
         if self.bank is None or emb.patches is None:
             return total, None
         distances = self.bank.distances(emb.patches, self.views)
-        maps = _standardise(distances, self.patch_scale) + total[:, None, None]
-        return total + _standardise(image_anomaly(distances), self.patch_scale), maps
+        maps = _standardise(distances, self.patch_scale)
+        total = total + _standardise(image_anomaly(distances), self.patch_scale)
+        if self.probe is not None:
+            logits = self.probe.logits(emb.patches[:, list(self.views)])
+            maps = maps + logits
+            total = total + _standardise(image_anomaly(logits), self.probe_scale)
+        return total, maps
 
     def evidence(self, emb: Embeddings) -> np.ndarray:
         """Standardised evidence of abnormality for each image."""
@@ -206,8 +217,8 @@ def _loo_global(state: HeadState, z: torch.Tensor, labels: np.ndarray,
 
 def fit_state(support: Embeddings, labels: np.ndarray, text: np.ndarray | None, seed: int,
               head_config: HeadConfig = HeadConfig(), project: bool = True,
-              augment: bool = True, use_global: bool = True, use_patches: bool = True
-              ) -> HeadState:
+              augment: bool = True, use_global: bool = True, use_patches: bool = True,
+              use_probe: bool = True) -> HeadState:
     """Fit the scoring state on support embeddings.
 
     Parameters
@@ -221,9 +232,9 @@ def fit_state(support: Embeddings, labels: np.ndarray, text: np.ndarray | None, 
         ``(2, D)`` text anchors, or None without a text tower (or for the no-text ablation).
     seed : int
     head_config : HeadConfig
-    project, augment, use_global, use_patches : bool
+    project, augment, use_global, use_patches, use_probe : bool
         Ablation switches: train the projection head; use augmentation views; use the global
-        prototype term; use the patch memory.
+        prototype term; use the patch memory; use the lesion probe (labelled, with patches).
 
     Returns
     -------
@@ -231,9 +242,12 @@ def fit_state(support: Embeddings, labels: np.ndarray, text: np.ndarray | None, 
         Support prototypes average all augmentation views of each example (only the identity
         and flip views without ``augment``). The global term needs both prototypes (abnormal
         examples or a text anchor); the patch term needs normal examples and patch features.
-        Each term is standardised by its leave-one-out values on the support set. The
-        threshold maximises Youden's J on the leave-one-out scores in the labelled mode, is
-        the largest leave-one-out score in the normal-only mode, and 0.5 zero-shot.
+        The global and patch terms are standardised by their leave-one-out values on the
+        support set, the probe term by its values on the support set it was fitted on. The
+        threshold maximises Youden's J on those support scores in the labelled mode, is the
+        largest leave-one-out score in the normal-only mode, and 0.5 zero-shot. The map
+        threshold is the largest value any normal example's map reaches under leave-one-out
+        (:func:`_map_threshold`).
 
     Raises
     ------
@@ -278,9 +292,19 @@ def fit_state(support: Embeddings, labels: np.ndarray, text: np.ndarray | None, 
         state.bank = PatchBank.build(patches[normal][:, list(views)], seed=seed)
         owner = [int(np.searchsorted(normal, i)) if labels[i] == 0 else None
                  for i in range(len(labels))]
-        values = state.bank.loo_anomaly(patches, owner, views)
+        distances = state.bank.loo_distances(patches, owner, views)
+        values = image_anomaly(distances)
         state.patch_scale = _scale(values)
         loo += _standardise(values, state.patch_scale)
+        maps = _standardise(distances, state.patch_scale)
+        if use_probe and has_abnormal:
+            state.probe = LesionProbe.fit(patches[:, list(views)], labels, distances, seed)
+            logits = state.probe.logits(patches[:, list(views)])
+            maps = maps + logits
+            values = image_anomaly(logits)
+            state.probe_scale = _scale(values)
+            loo += _standardise(values, state.probe_scale)
+        state.map_threshold = _map_threshold(maps[normal])
     if mode != "zero-shot":
         state.validation = {"scores": _logistic(loo).tolist(), "labels": labels.tolist()}
     if mode == "labelled":
@@ -288,9 +312,15 @@ def fit_state(support: Embeddings, labels: np.ndarray, text: np.ndarray | None, 
         metrics["loo_accuracy"] = float(((_logistic(loo) > state.threshold) == labels).mean())
     elif mode == "normal-only":
         state.threshold = float(_logistic(loo).max())
-    if state.bank is not None:
-        state.map_threshold = _logit(state.threshold)
     return state
+
+
+def _map_threshold(normal_maps: np.ndarray) -> float:
+    """The map value above which a pixel counts as anomalous: the largest that any normal
+    example's map can reach, from its ``(N, V, P)`` leave-one-out patch maps. A pixel of the
+    view-averaged map is at most the mean over views of each view's maximum, so no normal
+    example has a pixel above this (its probe logits are in-sample)."""
+    return float(normal_maps.max(axis=2).mean(axis=1).max())
 
 
 def embed_views(backbone: Backbone, frames: Iterable[np.ndarray], mask: bool = True,
@@ -358,10 +388,12 @@ class Detector:
 
     @property
     def map_threshold(self) -> float:
-        """The anomaly-map value above which a pixel counts as anomalous: the evidence at
-        :attr:`threshold` (a pixel whose evidence alone would flag the image)."""
-        if self.config.threshold >= 0 or self.state.map_threshold is None:
-            return _logit(self.threshold)
+        """The anomaly-map value above which a pixel counts as anomalous: the most any normal
+        example's map reached at fit time (leave-one-out), so a region is tissue more unusual
+        than every normal example showed. Bundles from before maps: the evidence at their
+        image threshold."""
+        if self.state.map_threshold is None:
+            return _logit(self.state.threshold)
         return self.state.map_threshold
 
     def analyse_frames(self, frames: Sequence[np.ndarray]
@@ -540,6 +572,9 @@ def save_bundle(detector: Detector, folder: Path) -> str:
         "metrics": state.metrics,
         "validation": state.validation,
         "map_threshold": state.map_threshold,
+        "probe": None if state.probe is None else {"bias": state.probe.bias,
+                                                   "scale": list(state.probe.scale),
+                                                   "term_scale": list(state.probe_scale)},
         "scope": {k: list(v) for k, v in detector.scope.items()},
         "description": detector.description,
         **{k: v for k, v in detector.provenance.items() if k != "bundle_sha256"},
@@ -550,6 +585,8 @@ def save_bundle(detector: Detector, folder: Path) -> str:
         tensors["protos"] = torch.as_tensor(state.protos)
     if state.bank is not None:
         tensors["patch_bank"] = torch.as_tensor(state.bank.patches)
+    if state.probe is not None:
+        tensors["probe.weight"] = torch.as_tensor(state.probe.weight)
     if state.head is not None:
         tensors.update({f"head.{k}": v for k, v in state.head.state_dict().items()})
     torch.save(tensors, folder / "head.pt")
@@ -605,6 +642,10 @@ def load_bundle(folder: Path, backbone: Backbone, config: DetectorConfig) -> Det
         tuple(meta["patch_scale"]), tuple(meta["views"]), meta["metrics"],
         validation=meta.get("validation", {}),
         map_threshold=meta.get("map_threshold", None if bank is None else _logit(meta["threshold"])))
+    if meta.get("probe"):
+        state.probe = LesionProbe(tensors["probe.weight"].numpy(), meta["probe"]["bias"],
+                                  tuple(meta["probe"]["scale"]))
+        state.probe_scale = tuple(meta["probe"]["term_scale"])
     provenance = {k: meta[k] for k in ("seed", "head_config", "support", "prompts") if k in meta}
     provenance["bundle_sha256"] = _digest(folder)
     try:

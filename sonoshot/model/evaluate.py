@@ -3,7 +3,9 @@
 
 The k-shot evaluation behind ``sonoshot eval``: random group-disjoint support draws, the
 method, its ablations and three baselines on the same cached embeddings, and a report
-(``report.json``, ``report.md``, one ROC PNG per protocol and shot count).
+(``report.json``, ``report.md``, one ROC PNG per protocol and shot count). When the data
+folder has lesion masks, the anomaly maps are scored too (:mod:`~sonoshot.model.localisation`:
+pixel AUROC and peak hit rate beside two floors) and a gallery PNG per protocol shows them.
 
 Protocols: ``labelled`` (k normal + k abnormal support images) and ``normal-only`` (k normal).
 The query set of a draw is every image whose ``group`` has no member in the support set.
@@ -15,7 +17,7 @@ import csv
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -27,14 +29,30 @@ from tqdm import tqdm
 from sonoshot.dicom_io import pixels
 from sonoshot.model import backbones, head, inputs, pipeline
 from sonoshot.model.backbones import Backbone
-from sonoshot.model.detector import Embeddings, embed_views, fit_state, text_anchors
-from sonoshot.model.head import HeadConfig
+from sonoshot.model.detector import Embeddings, _logistic, embed_views, fit_state, text_anchors
+from sonoshot.model.head import HeadConfig, view_geometry
 from sonoshot.model.inputs import InputError, read_input
+from sonoshot.model.localisation import (Mask, centre_map, eval_shape, grid_maps, pixel_metrics,
+                                         plot_gallery, read_masks)
+from sonoshot.model.maps import unview
 
 Protocol = Literal["labelled", "normal-only"]
-# scores, threshold from (support, support labels, query, text, seed)
-Method = Callable[[Embeddings, np.ndarray, Embeddings, "np.ndarray | None", int],
-                  tuple[np.ndarray, float]]
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A method's query scores and threshold, and the per-view patch maps ``(N, V, P)`` it
+    produces, by name, with the views they are under."""
+
+    scores: np.ndarray
+    threshold: float
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    views: tuple[int, ...] = ()
+
+
+# Scored from (support, support labels, query, text, seed)
+Method = Callable[[Embeddings, np.ndarray, Embeddings, "np.ndarray | None", int], Scored]
+MAP_FLOORS = ("patch-distance", "centre")  # pixel-level floors printed beside the method
 
 
 @dataclass(frozen=True)
@@ -129,11 +147,19 @@ def draw_split(examples: Sequence[Example], shots: int, seed: int, protocol: Pro
 
 
 def _sonoshot(project: bool = True, augment: bool = True, use_text: bool = True,
-              use_global: bool = True, use_patches: bool = True) -> Method:
+              use_global: bool = True, use_patches: bool = True, use_probe: bool = True,
+              maps: bool = False) -> Method:
+    """The detector (or an ablation); with ``maps``, its anomaly maps and the raw
+    nearest-normal patch distance (the map floor without head or standardisation)."""
     def method(support, sl, query, text, seed):
         state = fit_state(support, sl, text if use_text else None, seed, HeadConfig(), project,
-                          augment, use_global, use_patches)
-        return state.score(query), state.threshold
+                          augment, use_global, use_patches, use_probe)
+        if not maps or state.bank is None or query.patches is None:
+            return Scored(state.score(query), state.threshold)
+        evidence, evidence_maps = state.evidence_maps(query)
+        raw = state.bank.distances(query.patches, state.views)
+        return Scored(_logistic(evidence), state.threshold,
+                      {"sonoshot": evidence_maps, "patch-distance": raw}, state.views)
     return method
 
 
@@ -145,9 +171,9 @@ def _baseline_prototype(support, sl, query, text, seed):
     s, q = support.views[:, 0], query.views[:, 0]
     pn = _norm(s[sl == 0].mean(0))
     if not (sl == 1).any():
-        return 1.0 - q @ pn, float(np.max(1.0 - s @ pn))
+        return Scored(1.0 - q @ pn, float(np.max(1.0 - s @ pn)))
     pa = _norm(s[sl == 1].mean(0))
-    return 1.0 / (1.0 + np.exp(-(q @ pa - q @ pn) / 0.05)), 0.5
+    return Scored(1.0 / (1.0 + np.exp(-(q @ pa - q @ pn) / 0.05)), 0.5)
 
 
 def _baseline_knn(support, sl, query, text, seed):
@@ -157,26 +183,27 @@ def _baseline_knn(support, sl, query, text, seed):
     if not (sl == 1).any():
         loo = s @ s.T
         np.fill_diagonal(loo, -np.inf)
-        return 1.0 - sims.max(1), float(np.max(1.0 - loo.max(1)))
+        return Scored(1.0 - sims.max(1), float(np.max(1.0 - loo.max(1))))
     m = min(3, int((sl == 0).sum()), int((sl == 1).sum()))
     near = [np.sort(sims[:, sl == c], axis=1)[:, -m:].mean(1) for c in (0, 1)]
-    return 1.0 / (1.0 + np.exp(-(near[1] - near[0]) / 0.05)), 0.5
+    return Scored(1.0 / (1.0 + np.exp(-(near[1] - near[0]) / 0.05)), 0.5)
 
 
 def _baseline_logreg(support, sl, query, text, seed):
     model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit(support.views[:, 0],
                                                                             sl)
-    return model.predict_proba(query.views[:, 0])[:, 1], 0.5
+    return Scored(model.predict_proba(query.views[:, 0])[:, 1], 0.5)
 
 
 def methods(protocol: Protocol, has_text: bool) -> dict[str, Method]:
     """The method, its ablations and the baselines that apply to a protocol."""
-    table: dict[str, Method] = {"sonoshot": _sonoshot()}
+    table: dict[str, Method] = {"sonoshot": _sonoshot(maps=True)}
     if protocol == "labelled":
         table["sonoshot-no-projection"] = _sonoshot(project=False)
         table["sonoshot-no-augmentation"] = _sonoshot(augment=False)
         table["sonoshot-no-patches"] = _sonoshot(use_patches=False)
-        table["sonoshot-patches-only"] = _sonoshot(use_global=False)
+        table["sonoshot-no-probe"] = _sonoshot(use_probe=False)
+        table["sonoshot-patches-only"] = _sonoshot(use_global=False, use_probe=False)
     if has_text:
         table["sonoshot-no-text"] = _sonoshot(use_text=False)
     table["baseline-prototype"] = _baseline_prototype
@@ -186,16 +213,45 @@ def methods(protocol: Protocol, has_text: bool) -> dict[str, Method]:
     return table
 
 
+@dataclass(frozen=True)
+class PixelTruth:
+    """What pixel-level metrics need: lesion masks by example index, every example's
+    ``(H, W)``, and where each augmentation view puts a point (:func:`view_geometry`)."""
+
+    masks: dict[int, Mask]
+    shapes: Sequence[tuple[int, int]]
+    geometry: Sequence[tuple[float, bool]]
+
+    def metrics(self, scored: Scored, query: np.ndarray) -> dict[str, tuple[float, float]]:
+        """``name -> (pixel AUROC, peak hit rate)`` of each of ``scored``'s maps and of the
+        centre floor on the ``query`` examples."""
+        masks = [self.masks.get(int(i)) for i in query]
+        shapes = [self.shapes[int(i)] for i in query]
+        geometry = [self.geometry[v] for v in scored.views]
+        out = {name: pixel_metrics(grid_maps(grids, geometry, shapes), masks)
+               for name, grids in scored.maps.items()}
+        out["centre"] = pixel_metrics([centre_map(eval_shape(s)) for s in shapes], masks)
+        return out
+
+
+def _mean_std(name: str, values: Sequence[float]) -> dict[str, float]:
+    return {f"{name}_mean": float(np.mean(values)), f"{name}_std": float(np.std(values))}
+
+
 def run_protocol(embeddings: Embeddings, examples: Sequence[Example], shots: Sequence[int],
-                 seeds: int, protocol: Protocol, text: np.ndarray | None
+                 seeds: int, protocol: Protocol, text: np.ndarray | None,
+                 truth: PixelTruth | None = None, first_seed: int = 0
                  ) -> tuple[list[dict], dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]]:
-    """Evaluate every method over ``seeds`` draws per shot count.
+    """Evaluate every method over ``seeds`` draws per shot count (draws ``first_seed`` …
+    ``first_seed + seeds - 1``; the reported tables use 0 …, tuning used 100 …).
 
     Returns
     -------
     rows : list of dict
-        ``{method, protocol, shots, seeds, auroc_mean, auroc_std, f1_mean, f1_std,
-        accuracy_mean, accuracy_std}`` per method and shot count.
+        ``{level: "image", method, protocol, shots, seeds, auroc_mean, auroc_std, f1_mean,
+        f1_std, accuracy_mean, accuracy_std}`` per method and shot count; with ``truth``, also
+        ``{level: "pixel", method, protocol, shots, seeds, pixel_auroc_mean, pixel_auroc_std,
+        peak_hit_mean, peak_hit_std}`` for sonoshot's maps and the :data:`MAP_FLOORS`.
     curves : dict
         ``(method, shots) -> (labels, scores)`` pooled over seeds, for ROC plots.
     """
@@ -205,45 +261,62 @@ def run_protocol(embeddings: Embeddings, examples: Sequence[Example], shots: Seq
     for k in tqdm(shots, desc=f"{protocol} protocol", unit="k"):
         results: dict[str, list[tuple[float, float, float]]] = {m: [] for m in table}
         pooled: dict[str, tuple[list, list]] = {m: ([], []) for m in table}
-        for seed in range(seeds):
+        pixel: dict[str, list[tuple[float, float]]] = {}
+        for seed in range(first_seed, first_seed + seeds):
             sup, qry = draw_split(examples, k, seed, protocol)
             for name, method in table.items():
-                scores, threshold = method(embeddings[sup], labels[sup], embeddings[qry], text,
-                                           seed)
-                pred = (scores > threshold).astype(int)
-                results[name].append((roc_auc_score(labels[qry], scores),
+                scored = method(embeddings[sup], labels[sup], embeddings[qry], text, seed)
+                pred = (scored.scores > scored.threshold).astype(int)
+                results[name].append((roc_auc_score(labels[qry], scored.scores),
                                       f1_score(labels[qry], pred, zero_division=0),
                                       accuracy_score(labels[qry], pred)))
                 pooled[name][0].append(labels[qry])
-                pooled[name][1].append(scores)
+                pooled[name][1].append(scored.scores)
+                if truth is not None and scored.maps:
+                    for map_name, values in truth.metrics(scored, qry).items():
+                        pixel.setdefault(map_name, []).append(values)
         for name, values in results.items():
             a = np.array(values)
-            rows.append({"method": name, "protocol": protocol, "shots": int(k), "seeds": seeds,
-                         "auroc_mean": float(a[:, 0].mean()), "auroc_std": float(a[:, 0].std()),
-                         "f1_mean": float(a[:, 1].mean()), "f1_std": float(a[:, 1].std()),
-                         "accuracy_mean": float(a[:, 2].mean()),
-                         "accuracy_std": float(a[:, 2].std())})
+            rows.append({"level": "image", "method": name, "protocol": protocol,
+                         "shots": int(k), "seeds": seeds, **_mean_std("auroc", a[:, 0]),
+                         **_mean_std("f1", a[:, 1]), **_mean_std("accuracy", a[:, 2])})
             curves[(name, int(k))] = (np.concatenate(pooled[name][0]),
                                       np.concatenate(pooled[name][1]))
+        for name, values in pixel.items():
+            a = np.array(values)
+            rows.append({"level": "pixel", "method": name, "protocol": protocol,
+                         "shots": int(k), "seeds": seeds, **_mean_std("pixel_auroc", a[:, 0]),
+                         **_mean_std("peak_hit", a[:, 1])})
     return rows, curves
 
 
+METRIC_LABELS = {"auroc": "AUROC", "f1": "f1", "accuracy": "accuracy",
+                 "pixel_auroc": "pixel AUROC", "peak_hit": "peak hit rate"}
+
+
 def markdown_table(rows: Sequence[dict]) -> str:
-    """AUROC, F1 and accuracy (mean ± std over seeds) per method (rows) and shots (columns)."""
+    """Mean ± std over seeds per method (rows) and shots (columns): AUROC, F1 and accuracy
+    per protocol; then pixel AUROC and peak hit rate where there are pixel rows (the floors
+    marked)."""
     shots = sorted({r["shots"] for r in rows})
     lines = []
-    for protocol in dict.fromkeys(r["protocol"] for r in rows):
-        lines += [f"### {protocol} protocol, {rows[0]['seeds']} seeds", "",
-                  "| method | metric | " + " | ".join(f"k={k}" for k in shots) + " |",
-                  "|---|---|" + "---|" * len(shots)]
-        for name in dict.fromkeys(r["method"] for r in rows if r["protocol"] == protocol):
-            by_k = {r["shots"]: r for r in rows if r["method"] == name and r["protocol"] == protocol}
-            for metric in ("auroc", "f1", "accuracy"):
-                cells = [f"{by_k[k][metric + '_mean']:.3f} ± {by_k[k][metric + '_std']:.3f}"
-                         for k in shots]
-                lines.append(f"| {name} | {metric.upper() if metric == 'auroc' else metric} | "
-                             + " | ".join(cells) + " |")
-        lines.append("")
+    for level, metrics, heading in (("image", ("auroc", "f1", "accuracy"), ""),
+                                    ("pixel", ("pixel_auroc", "peak_hit"), ", pixel level")):
+        chosen = [r for r in rows if r.get("level", "image") == level]
+        for protocol in dict.fromkeys(r["protocol"] for r in chosen):
+            lines += [f"### {protocol} protocol{heading}, {chosen[0]['seeds']} seeds", "",
+                      "| method | metric | " + " | ".join(f"k={k}" for k in shots) + " |",
+                      "|---|---|" + "---|" * len(shots)]
+            for name in dict.fromkeys(r["method"] for r in chosen if r["protocol"] == protocol):
+                by_k = {r["shots"]: r for r in chosen
+                        if r["method"] == name and r["protocol"] == protocol}
+                shown = f"floor: {name}" if name in MAP_FLOORS else name
+                for metric in metrics:
+                    cells = [f"{by_k[k][metric + '_mean']:.3f} ± {by_k[k][metric + '_std']:.3f}"
+                             if k in by_k else "" for k in shots]
+                    lines.append(f"| {shown} | {METRIC_LABELS[metric]} | "
+                                 + " | ".join(cells) + " |")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -274,10 +347,39 @@ def plot_rocs(curves: dict, protocol: str, out: Path) -> list[Path]:
     return paths
 
 
+def gallery(folder: Path, examples: Sequence[Example], embeddings: Embeddings,
+            truth: PixelTruth, shots: int, protocol: Protocol, text: np.ndarray | None,
+            out: Path, first_seed: int = 0, count: int = 6) -> Path:
+    """``gallery-<protocol>-k<shots>.png``: the first draw's query images at evenly spaced places in
+    file order (two thirds abnormal), each beside sonoshot's map and the raw patch distance."""
+    labels = np.array([e.label for e in examples])
+    sup, qry = draw_split(examples, shots, first_seed, protocol)
+    scored = _sonoshot(maps=True)(embeddings[sup], labels[sup], embeddings[qry], text,
+                                  first_seed)
+    abnormal = [j for j, i in enumerate(qry) if int(i) in truth.masks]
+    normal = [j for j, i in enumerate(qry) if labels[i] == 0]
+    n_abnormal = min(len(abnormal), count - count // 3)
+    picked = [abnormal[int(t)] for t in np.linspace(0, len(abnormal) - 1, n_abnormal)]
+    picked += [normal[int(t)] for t in np.linspace(0, len(normal) - 1, min(len(normal),
+                                                                            count - n_abnormal))]
+    geometry = [truth.geometry[v] for v in scored.views]
+    maps: dict[str, list[np.ndarray]] = {name: [] for name in scored.maps}
+    for j in picked:
+        for name, grids in scored.maps.items():
+            cells = int(round(grids.shape[-1] ** 0.5))
+            maps[name].append(unview(grids[j].reshape(len(geometry), cells, cells), geometry,
+                                     truth.shapes[int(qry[j])]))
+    images = [read_input(folder / examples[int(qry[j])].file, 1).frames[0] for j in picked]
+    title = f"{protocol}, k={shots}, draw {first_seed}: cyan = lesion mask, + = the map's peak"
+    return plot_gallery(images, [truth.masks.get(int(qry[j])) for j in picked], maps, title,
+                        out / f"gallery-{protocol}-k{shots}.png")
+
+
 def evaluate(backbone: Backbone, folder: Path, shots: Sequence[int], seeds: int,
              protocols: Sequence[Protocol], out: Path, cache_dir: Path | None = None,
-             mask: bool = True) -> list[dict]:
-    """Run the protocols and write ``report.json``, ``report.md`` and ROC PNGs into ``out``.
+             mask: bool = True, first_seed: int = 0) -> list[dict]:
+    """Run the protocols and write ``report.json``, ``report.md`` and ROC PNGs into ``out``;
+    with lesion masks in ``folder/masks``, pixel-level rows and a gallery PNG per protocol.
 
     Raises
     ------
@@ -289,11 +391,20 @@ def evaluate(backbone: Backbone, folder: Path, shots: Sequence[int], seeds: int,
     examples = read_manifest(folder)
     embeddings = embed_examples(backbone, folder, examples, cache_dir, mask)
     text = text_anchors(backbone) if backbone.has_text else None
+    masks = read_masks(folder, [e.file for e in examples])
+    truth = None
+    if masks and embeddings.patches is not None:
+        shapes = [read_input(folder / e.file, 1).frames[0].shape[:2] for e in examples]
+        truth = PixelTruth(masks, shapes, view_geometry(backbone.image_size))
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for protocol in protocols:
-        protocol_rows, curves = run_protocol(embeddings, examples, shots, seeds, protocol, text)
+        protocol_rows, curves = run_protocol(embeddings, examples, shots, seeds, protocol, text,
+                                             truth, first_seed)
         plot_rocs(curves, protocol, out)
+        if truth is not None:
+            gallery(folder, examples, embeddings, truth, max(shots), protocol, text, out,
+                    first_seed)
         rows += protocol_rows
     (out / "report.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out / "report.md").write_text(markdown_table(rows))

@@ -5,13 +5,14 @@ Anomaly maps in the original image's pixel coordinates.
 
 The patch memory scores a grid of cells per augmentation view (10 x 10 for efficientnet-lite0
 at 320 px, 14 x 14 for BiomedCLIP's ViT-B/16). :func:`unview` takes each view's grid back to
-the prepared square (un-flipping the flipped views, un-zooming the zoomed ones: a zoomed view
-sees only the centre, so each pixel averages the views that saw it), then undoes the
-letterbox and the resize onto the frame's own pixels; :func:`place` puts the cropped frame's
-map back into the instance's full pixel grid (the region the detector cropped to). Cells are
-interpolated bilinearly between their centres (separable: two small matrix products, no
-per-pixel loop), so the map is deterministic and its cost is ``O(V * (h * g + h * w))``
-per frame.
+the prepared square (un-flipping the flipped views, un-zooming the zoomed ones), then undoes
+the letterbox and the resize onto the frame's own pixels, and averages the views; :func:`place`
+puts the cropped frame's map back into the instance's full pixel grid (the region the detector
+cropped to). Cells are interpolated bilinearly between their centres (separable: two small
+matrix products, no per-pixel loop), so the map is deterministic and its cost is
+``O(V * (h * g + h * w))`` per frame. A zoomed view never saw the outer 6 % of the frame;
+there it holds its edge cells, so the average has no seam where the zoomed field ends
+(measured: pixel AUROC +0.000 … 0.003, peak hit rate +0.02 … 0.03, docs/model.md).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def unview(grids: np.ndarray, geometry: Sequence[tuple[float, bool]],
     Returns
     -------
     numpy.ndarray
-        ``(h, w)`` float32: at each pixel, the mean over the views that saw it.
+        ``(h, w)`` float32: at each pixel, the mean over the views.
 
     Raises
     ------
@@ -104,13 +105,10 @@ def unview(grids: np.ndarray, geometry: Sequence[tuple[float, bool]],
     xs = 2 * (torch.arange(w, dtype=torch.float64) + left + 0.5) / side - 1
     cells = grids_t.shape[1]
     total = torch.zeros(h, w, dtype=torch.float64)
-    seen = torch.zeros(h, w, dtype=torch.float64)
     for grid, (scale, flipped) in zip(grids_t, geometry):
         gy, gx = ys * scale, xs * (-scale if flipped else scale)
-        inside = (gy.abs() <= 1).double()[:, None] * (gx.abs() <= 1).double()[None, :]
-        total += inside * (_interpolation(gy, cells) @ grid @ _interpolation(gx, cells).T)
-        seen += inside
-    return (total / seen.clamp(min=1)).float().numpy()
+        total += _interpolation(gy, cells) @ grid @ _interpolation(gx, cells).T
+    return (total / len(geometry)).float().numpy()
 
 
 def place(frame_map: np.ndarray, grid_shape: tuple[int, int], origin: tuple[int, int]
