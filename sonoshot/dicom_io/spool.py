@@ -51,7 +51,8 @@ def check_uid(uid: object, keyword: str) -> str:
     return uid
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename into it) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -97,7 +98,7 @@ class FolderSync:
                     state.running, covered = True, state.requested
                     self._changed.release()
                     try:
-                        _fsync_dir(folder)
+                        fsync_dir(folder)
                     finally:
                         self._changed.acquire()
                         state.running = False

@@ -16,17 +16,10 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from sonoshot.dicom_io.spool import fsync_dir
 from sonoshot.objects import Kind, ObjectNotFound, ObjectStoreError, check_key
 
 PARTIAL = ".partial"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def prune_empty_parents(path: Path, root: Path) -> None:
@@ -70,7 +63,7 @@ class FolderStore:
                 os.unlink(tmp)
             raise
         if self.fsync:
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
 
     def put(self, kind: Kind, key: str, data: bytes) -> None:
         try:
