@@ -265,8 +265,11 @@ def test_unknown_calling_ae_rejected(tmp_path):
         pass_ = echo("127.0.0.1", d.port, d.aet, calling_aet="MODALITY1")
         assert pass_
         assert not echo("127.0.0.1", d.port, d.aet, calling_aet="INTRUDER")
-        assert d.query("select count(*) from events where kind = 'association' and outcome = 'rejected' "
-                       "and calling_ae_title = 'INTRUDER'") == [(1,)]
+        # the rejection is recorded by EVT_REJECTED's handler, which may run after echoscu has
+        # read the A-ASSOCIATE-RJ and exited
+        wait_for(lambda: d.query("select count(*) from events where kind = 'association' and "
+                                 "outcome = 'rejected' and calling_ae_title = 'INTRUDER'") == [(1,)],
+                 timeout=10, what="the rejection in the audit log")
         assert echo("127.0.0.1", d.port, d.aet, calling_aet="MODALITY1")
 
 
