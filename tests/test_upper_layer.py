@@ -387,14 +387,14 @@ def test_a_stream_cut_short_leaves_no_part_file(scp):
 
 def test_concurrent_renames_share_folder_fsyncs(tmp_path, monkeypatch):
     calls: list[Path] = []
-    real = spool_module._fsync_dir
+    real = spool_module.fsync_dir
 
     def slow_fsync(path: Path) -> None:
         calls.append(path)
         time.sleep(0.02)  # a slow disk, so that callers pile up behind a running fsync
         real(path)
 
-    monkeypatch.setattr(spool_module, "_fsync_dir", slow_fsync)
+    monkeypatch.setattr(spool_module, "fsync_dir", slow_fsync)
     spool = Spool(tmp_path / "spool")
     done: list[int] = []
 
@@ -416,8 +416,8 @@ def test_concurrent_renames_share_folder_fsyncs(tmp_path, monkeypatch):
 
 def test_new_folders_are_made_durable(tmp_path, monkeypatch):
     calls: list[Path] = []
-    real = spool_module._fsync_dir
-    monkeypatch.setattr(spool_module, "_fsync_dir", lambda path: calls.append(path) or real(path))
+    real = spool_module.fsync_dir
+    monkeypatch.setattr(spool_module, "fsync_dir", lambda path: calls.append(path) or real(path))
     spool = Spool(tmp_path / "spool")
     spool.put("1.2/3.4/5.dcm", b"data")
     root = tmp_path / "spool"
