@@ -105,7 +105,7 @@ class DeidConfig:
     pixel_masks: tuple[PixelMask, ...] = ()  # masks for images without ultrasound regions
     ocr_min_score: float = 85.0  # fuzzy OCR match score (50-100) at which a PHI string counts as found
     text_detection_frames: int = 4  # frames of a clip searched for burned-in text (the union is blanked)
-    text_detector_threads: int = 1  # onnxruntime threads of the text detector
+    text_detector_threads: int = 2  # onnxruntime threads of the text detector (they never spin-wait)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ output. Anything that fails a check is quarantined with a reason; nothing passes
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -26,16 +26,16 @@ from pydicom.sequence import Sequence
 
 from sonoshot import __version__
 
-from ..pixels import UndecodableError, UnsupportedTransferSyntaxError, frame_count, iter_frames
+from ..pixels import UndecodableError, UnsupportedTransferSyntaxError, frame_count, frame_format
 from .header import deidentify_header
 from .keys import DeidKeyError, keyed_uid, load_key, patient_pseudonym
 from .ocr import sample_indices, verify_indices
 from .phi import PhiStrings, collect_phi
-from .pixels_clean import KeepArea, PixelCleaningError, find_text, keep_area, write_clean_pixels
+from .pixels_clean import KeepArea, PixelCleaningError, black, find_text, keep_area, write_clean_pixels
 from .policy import DeidPolicy
 from .profile import EDITION
 from .textdetect import TextDetectorUnavailableError, text_detector
-from .verify import Verdict, check_header, check_ocr, check_pixels, check_text, original_uids
+from .verify import PixelWitness, Verdict, check_header, check_ocr, check_pixels, check_text, original_uids
 
 __all__ = [
     "EDITION",
@@ -159,15 +159,15 @@ def _provenance(out: Dataset, policy: DeidPolicy, pixels_cleaned: bool) -> list[
     return done
 
 
-#: The OCR checks run here, beside the pixel check of the same file: tesseract is another
-#: process and onnxruntime releases the GIL, so the two use both cores of a small machine.
+#: The OCR checks run here, beside the writing and the pixel check of the same file: tesseract
+#: is another process and onnxruntime releases the GIL, so the two use both cores of a small
+#: machine.
 _VERIFIER_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deid-ocr")
 
 
-def _read_frames(written: Dataset, sample: list[int], phi: PhiStrings, policy: DeidPolicy, text_only: bool,
-                 verdict: Verdict) -> None:
-    """The verifier's reading of the output: tesseract for PHI, and for text-only the detector."""
-    frames = list(iter_frames(written, sample))
+def _read_frames(frames: list[np.ndarray], sample: list[int], phi: PhiStrings, policy: DeidPolicy,
+                 text_only: bool, verdict: Verdict) -> None:
+    """The verifier's reading of the cleaned frames: tesseract for PHI, and for text-only the detector."""
     check_ocr(frames, sample, phi, policy.ocr_min_score, verdict)
     if text_only:
         check_text(frames, sample, text_detector(policy.text_threads), verdict)
@@ -215,13 +215,27 @@ def _clean_and_verify(source: Dataset, out: Dataset, phi: PhiStrings, out_dir: P
                       report: dict[str, object]) -> DeidOutcome:
     uid = str(out.SOPInstanceUID)
     area = None
+    verdict = Verdict()
+    reading: list[Future[None]] = []
     try:
-        area = keep_area(source, policy.clean_pixel_data, policy.pixel_masks)
-        detected: list[int] = []
-        if policy.clean_pixel_data:
-            detected = sample_indices(frame_count(source), policy.text_frames)
-            area = find_text(source, area, detected, text_detector(policy.text_threads))
-        report["pixels"] = write_clean_pixels(source, out, area) | {"text_detection_frames": detected}
+        try:
+            area = keep_area(source, policy.clean_pixel_data, policy.pixel_masks)
+            detected: list[int] = []
+            if policy.clean_pixel_data:
+                detected = sample_indices(frame_count(source), policy.text_frames)
+                area = find_text(source, area, detected, text_detector(policy.text_threads))
+            fmt = frame_format(source)
+            text_only = area.method == "text-only"
+            sample = verify_indices(frame_count(source), detected, policy.ocr_max_frames) if policy.ocr else []
+            # tesseract reads the sampled frames, cleaned first, while the rest is written and checked
+            witness = PixelWitness(area.mask(fmt.rows, fmt.columns),
+                                   black(fmt.photometric_interpretation, fmt.bits_stored), sample,
+                                   lambda frames: reading.append(_VERIFIER_POOL.submit(
+                                       _read_frames, frames, sample, phi, policy, text_only, verdict)))
+            report["pixels"] = write_clean_pixels(source, out, area, witness) | {"text_detection_frames": detected}
+        except BaseException:
+            wait(reading)  # a reading that started before the failure ends before the quarantine
+            raise
     except UnsupportedTransferSyntaxError as exc:
         return _quarantine(report, QuarantineReason.UNSUPPORTED_TRANSFER_SYNTAX, f"pixels: {exc}", uid, area)
     except UndecodableError as exc:
@@ -238,19 +252,15 @@ def _clean_and_verify(source: Dataset, out: Dataset, phi: PhiStrings, out_dir: P
     partial = out_dir / f".{uid}.partial"
     try:
         out.save_as(partial, enforce_file_format=True)
-        rows, columns = int(source.Rows), int(source.Columns)
         del out
-        verdict = Verdict()
         written = check_header(partial, phi, original_uids(source), verdict)
-        ocr = None
-        if policy.ocr and frame_count(written) == frame_count(source):
-            sample = verify_indices(frame_count(source), detected, policy.ocr_max_frames)
-            ocr = _VERIFIER_POOL.submit(_read_frames, written, sample, phi, policy,
-                                        area.method == "text-only", verdict)
-        check_pixels(source, written, area.mask(rows, columns), verdict)  # on this thread, while tesseract reads
-        if ocr is not None:
-            ocr.result()
+        check_pixels(witness, source, written, verdict)  # on this thread, while tesseract reads
+        if policy.ocr and not reading:
+            verdict.failures.append("ocr: the sampled frames were not read")
+        for future in reading:
+            future.result()
     except Exception:
+        wait(reading)
         partial.unlink(missing_ok=True)
         raise
     report["verifier"] = verdict.checks | {"failures": verdict.failures}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -165,11 +166,25 @@ def was_lossy(ds: Dataset) -> bool:
     return str(ds.get("LossyImageCompression", "")) == "01" or str(ds.file_meta.TransferSyntaxUID) in _LOSSY
 
 
-def write_clean_pixels(source: Dataset, out: Dataset, area: KeepArea) -> dict[str, object]:
+class FrameWatcher(Protocol):
+    """Sees each frame :func:`write_clean_pixels` writes, as decoded and as cleaned (the verifier's
+    :class:`.verify.PixelWitness`); neither call may modify the frame."""
+
+    sample: Sequence[int]  # frames to clean before the others
+
+    def decoded(self, index: int, frame: np.ndarray) -> None: ...
+
+    def cleaned(self, index: int, frame: np.ndarray) -> None: ...
+
+
+def write_clean_pixels(source: Dataset, out: Dataset, area: KeepArea,
+                       watcher: FrameWatcher | None = None) -> dict[str, object]:
     """Decode ``source`` frame by frame, blank outside ``area``, store RLE Lossless in ``out``.
 
     ``out`` gets the pixel data, the image pixel attributes that describe it, the RLE Lossless
     transfer syntax and the lossy compression history; the SOP Instance UID is not touched.
+    ``watcher`` sees every frame before and after it is blanked; its ``sample`` frames are
+    cleaned first.
 
     Raises
     ------
@@ -187,10 +202,17 @@ def write_clean_pixels(source: Dataset, out: Dataset, area: KeepArea) -> dict[st
         photometric_interpretation=fmt.photometric_interpretation, number_of_frames=1,
         planar_configuration=0,
     )
-    encoded = []
-    for frame in iter_frames(source):
+    count = frame_count(source)
+    first = [i for i in dict.fromkeys(watcher.sample if watcher else ()) if 0 <= i < count]
+    order = first + sorted(set(range(count)) - set(first))
+    encoded: list[bytes] = [b""] * count
+    for index, frame in zip(order, iter_frames(source, order), strict=True):
+        if watcher is not None:
+            watcher.decoded(index, frame)
         frame[~mask] = fill
-        encoded.append(encoder.encode(frame, **options))
+        encoded[index] = encoder.encode(frame, **options)
+        if watcher is not None:
+            watcher.cleaned(index, frame)
     lossy = was_lossy(source)
     for tag in _PALETTE_TAGS:
         if tag in out:

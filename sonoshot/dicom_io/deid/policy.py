@@ -36,7 +36,7 @@ class DeidPolicy:
     ocr_min_score: float = 85.0  # rapidfuzz partial_ratio that counts as a match
     pixel_masks: tuple[PixelMask, ...] = ()
     text_frames: int = 4  # frames of a clip the text detector searches (union of their boxes)
-    text_threads: int = 1  # onnxruntime threads of the text detector
+    text_threads: int = 2  # onnxruntime threads of the text detector
 
     def __post_init__(self) -> None:
         for name in ("ocr_max_frames", "text_frames", "text_threads"):

@@ -117,7 +117,7 @@ class TextDetector:
         If onnxruntime or the model cannot be loaded.
     """
 
-    def __init__(self, threads: int = 1) -> None:
+    def __init__(self, threads: int = 2) -> None:
         if threads < 1:
             raise ValueError(f'Argument "threads" must be at least 1, got {threads}.')
         try:
@@ -127,6 +127,8 @@ class TextDetector:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # a pass is a short burst next to the receiver and the model: idle threads sleep at once
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         try:
             self._session = ort.InferenceSession(str(model_path()), options, providers=["CPUExecutionProvider"])
@@ -193,7 +195,7 @@ _DETECTOR: TextDetector | None = None
 _DETECTOR_LOCK = threading.Lock()
 
 
-def text_detector(threads: int = 1) -> TextDetector:
+def text_detector(threads: int = 2) -> TextDetector:
     """The process-wide detector, loaded on first use (``threads`` applies to that first load).
 
     Raises

@@ -8,9 +8,13 @@ the original instance, without using the de-identification code it checks.
   meta included; every UID is well known or a ``2.25`` UID that the original did not hold; the
   preamble is zero;
 * pixels: on every frame, each blanked pixel equals the fill value and each kept pixel equals
-  the decoded input pixel;
+  the decoded input pixel. The source is decoded once: the cleaner hands each frame, as
+  decoded, to a :class:`PixelWitness`, which blanks its own copy by the keep area and keeps a
+  digest of it, and every frame decoded back from the written file must match its digest;
 * OCR: tesseract on a sample of the output frames (other frames than text detection used,
-  where the clip has them) finds none of the PHI strings;
+  where the clip has them) finds none of the PHI strings. The witness hands the sampled frames
+  on as soon as the cleaner has them, so tesseract reads while the rest is written, and the
+  frames it read must match, digest for digest, the frames decoded back from disk;
 * text (text-only method): the text detector on the same frames finds no box at or above
   :data:`.textdetect.VERIFY_SCORE` whose text is not a scanner readout (:mod:`.readouts`).
 
@@ -19,8 +23,10 @@ Failures are named by check and tag only, never by value, so they can be logged 
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +37,6 @@ from pydicom.dataset import Dataset
 from ..pixels import frame_count, frame_format, iter_frames
 from .ocr import OcrUnavailableError, find_phi, ocr_frames, ocr_words
 from .phi import PhiStrings, searchable
-from .pixels_clean import black
 from .readouts import classify
 from .textdetect import VERIFY_SCORE, TextDetector, grow
 
@@ -124,22 +129,66 @@ def _well_known(uid: str) -> bool:
     return pydicom.uid.UID(uid).name != uid
 
 
-def check_pixels(source: Dataset, out: Dataset, kept: np.ndarray, verdict: Verdict) -> None:
-    """Every blanked pixel is black and every kept pixel equals the input, on every frame."""
+def _digest(frame: np.ndarray) -> bytes:
+    digest = hashlib.blake2b(repr((frame.dtype.str, frame.shape)).encode(), digest_size=16)
+    digest.update(np.ascontiguousarray(frame).data)
+    return digest.digest()
+
+
+class PixelWitness:
+    """The verifier's view of the cleaner's single pass over the source frames.
+
+    :meth:`decoded` gets each frame as decoded, before the cleaner touches it: the witness
+    blanks a copy of its own where ``kept`` is False and keeps the digest of that expected
+    frame. :meth:`cleaned` gets each frame as it will be written: the frames of ``sample`` are
+    kept (their digests too) and, once all are in, passed to ``on_sample`` in ``sample``'s
+    order, so that reading them (OCR) starts while the cleaner writes the rest.
+    :func:`check_pixels` then compares the written file with both.
+    """
+
+    def __init__(self, kept: np.ndarray, fill: int, sample: Sequence[int] = (),
+                 on_sample: Callable[[list[np.ndarray]], None] | None = None) -> None:
+        self._blanked = ~kept
+        self._fill = fill
+        self.sample = [int(i) for i in dict.fromkeys(sample)]
+        self._on_sample = on_sample
+        self.expected: dict[int, bytes] = {}
+        self.read: dict[int, bytes] = {}
+        self._frames: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def decoded(self, index: int, frame: np.ndarray) -> None:
+        """A source frame as decoded (not modified here)."""
+        expected = frame.copy()
+        expected[self._blanked] = self._fill
+        self.expected[index] = _digest(expected)
+
+    def cleaned(self, index: int, frame: np.ndarray) -> None:
+        """A frame as the cleaner will write it (kept, unmodified, when it is in the sample)."""
+        if index not in self.sample:
+            return
+        with self._lock:
+            self._frames[index] = frame
+            self.read[index] = _digest(frame)
+            complete = len(self._frames) == len(self.sample)
+        if complete and self._on_sample is not None:
+            self._on_sample([self._frames.pop(i) for i in self.sample])
+
+
+def check_pixels(witness: PixelWitness, source: Dataset, out: Dataset, verdict: Verdict) -> None:
+    """Every frame decoded from the written ``out`` equals the witness's expectation (black where
+    blanked, the decoded input elsewhere), and the sampled frames read by the OCR equal it too."""
     fmt = frame_format(out)
-    if frame_count(out) != frame_count(source) or fmt.shape != frame_format(source).shape:
+    count = frame_count(source)
+    if frame_count(out) != count or fmt.shape != frame_format(source).shape or len(witness.expected) != count:
         verdict.failures.append("pixels: output frame count or shape differs from the input")
         return
-    fill = black(fmt.photometric_interpretation, fmt.bits_stored)
-    blanked = ~kept
-    bad = []
-    for index, (before, after) in enumerate(zip(iter_frames(source), iter_frames(out), strict=True)):
-        before[blanked] = fill  # the expected frame: the input, black where blanked
-        if not np.array_equal(before, after):
-            bad.append(index)
+    bad = [index for index, after in enumerate(iter_frames(out)) if _digest(after) != witness.expected[index]]
     if bad:
         verdict.failures.append(f"pixels: {len(bad)} frame(s) differ from the expected cleaning")
-    verdict.checks["pixels"] = {"frames": frame_count(out), "failed_frames": bad}
+    if any(witness.read.get(i) != witness.expected[i] for i in witness.sample):
+        verdict.failures.append("pixels: the frames read by OCR differ from the written frames")
+    verdict.checks["pixels"] = {"frames": count, "failed_frames": bad}
 
 
 def check_ocr(frames: list[np.ndarray], indices: list[int], phi: PhiStrings, min_score: float,
