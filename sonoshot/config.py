@@ -78,7 +78,7 @@ class DatabaseConfig:
 class CompletionConfig:
     quiet_period_s: float = 30.0  # a study is complete after this long without a new instance
     max_wait_s: float = 900.0  # ... or this long after its first instance, whatever is still open
-    sweep_interval_s: float = 2.0  # how often the completion sweep runs
+    sweep_interval_s: float = 0.5  # how often the completion sweep runs (a study completes this much after its quiet period at most)
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ class DeliveryConfig:
     max_attempts: int = 12  # then the outbox entry becomes dead-letter
     backoff_initial_s: float = 5.0  # first retry delay, doubled each attempt
     backoff_max_s: float = 900.0  # cap on the retry delay
-    sweep_interval_s: float = 2.0  # how often the outbox is polled
+    sweep_interval_s: float = 2.0  # how often the outbox is polled for retries (a new result is sent at once)
 
     def mode_of(self, destination: Destination) -> str:
         """``send`` or ``shadow`` for ``destination``: its own ``mode``, else this section's."""

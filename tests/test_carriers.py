@@ -129,15 +129,16 @@ class Site:
     def periodic(self) -> list[Periodic]:
         return [Periodic("tick", 1.0, lambda: self.periodic_runs.append(time.time()))]
 
-    def start(self, periodic: bool = False) -> None:
-        """Start one more consumer: a carrier with its own store (its own connections)."""
+    def start(self, periodic: bool = False, delivery_interval_s: float = 0.2) -> None:
+        """Start one more consumer: a carrier with its own store (its own connections);
+        ``delivery_interval_s`` is the in-process outbox sweep's period."""
         store = Store(self.url, self.deferrer)
         stages = {stage.name: stage for stage in (DeidDone(store, self.recorder), DetectDone(store, self.recorder),
                                                   DeliverDone(store, self.recorder))}
         jobs = self.periodic() if periodic else []
         if self.kind == "in-process":
             carrier = InProcessCarrier(store, self.deferrer, stages, jobs, threads=2, destinations=["pacs"],
-                                       delivery_interval_s=0.2, idle_s=0.1)
+                                       delivery_interval_s=delivery_interval_s, idle_s=0.1)
         else:
             from sonoshot.daemon.cluster import ProcrastinateCarrier
 
@@ -221,6 +222,19 @@ def test_a_failed_delivery_is_retried_after_its_backoff_and_sent_once(site):
     assert site.recorder.count("deliver")[uid] == 3  # two failures, one success, no more
     with site.store.read_session() as s:
         assert s.execute(text("SELECT state, attempts FROM deliveries")).all() == [("delivered", 3)]
+
+
+def test_a_result_is_sent_at_once_not_at_the_next_outbox_sweep(site):
+    """The result's commit hands its delivery on: with an outbox sweep a minute apart, the study is
+    delivered within seconds (the sweep is there for retries)."""
+    site.start(delivery_interval_s=60)
+    time.sleep(0.5)  # the sweep at start has run and found nothing
+    uid = _uid()
+    site.receive(uid)
+    site.store.complete_quiet_studies(0, 3600)
+    started = time.monotonic()
+    _delivered(site, [uid], timeout=15)
+    assert time.monotonic() - started < 5
 
 
 def test_live_studies_jump_the_archive_backlog(site):

@@ -106,7 +106,8 @@ def run_job(store: Store, stages: Mapping[str, Stage], job: Job) -> bool:
 
 class InProcessCarrier:
     """Stages and periodic jobs in this process: ``threads`` pool threads claim due studies; each
-    destination's outbox is swept every ``delivery_interval_s`` (one sweep at a time per
+    destination has a sender thread that sweeps its outbox every ``delivery_interval_s`` and at
+    once when a pool thread has committed a delivery to it (one sweep at a time per
     destination, so a slow PACS holds up no other).
 
     The store must defer through ``deferrer`` (a :class:`~sonoshot.db.work.WakeDeferrer`): a
@@ -123,7 +124,7 @@ class InProcessCarrier:
         self.periodic = list(periodic)
         self.destinations = list(destinations)
         self.delivery_interval_s = delivery_interval_s
-        self.swept: set[str] = set()
+        self.senders: dict[str, tuple[threading.Thread, threading.Event]] = {}
         self.threads_n = threads
         self.idle_s = idle_s
         self.nice = nice
@@ -147,14 +148,30 @@ class InProcessCarrier:
         self.scheduler.add_job(job.run, "interval", seconds=job.interval_s, id=job.name, **start)
 
     def sweep_destinations(self, names: Sequence[str]) -> None:
-        """Give each destination its outbox sweep; one added by a reload gets its own too."""
+        """Give each destination its sender thread; one added by a reload gets its own too."""
         if "deliver" not in self.stages:
             return
         for name in names:
-            if name not in self.swept:
-                self._schedule(Periodic(f"deliver-{name}", self.delivery_interval_s,
-                                        lambda name=name: self.deliver_due(name)))
-                self.swept.add(name)
+            if name not in self.senders:
+                wake = threading.Event()
+                thread = threading.Thread(target=self._send_loop, args=(name, wake), name=f"deliver-{name}",
+                                          daemon=True)
+                self.senders[name] = (thread, wake)
+                thread.start()
+
+    def _send_loop(self, destination: str, wake: threading.Event) -> None:
+        while not self.stopping.is_set():
+            wake.clear()  # a wake-up during the sweep below leaves it set: the next sweep follows at once
+            try:
+                self.deliver_due(destination)
+            except Exception:  # the database gone, say: the next sweep tries again
+                log.exception("outbox sweep of %s failed", destination)
+            wake.wait(self.delivery_interval_s)
+
+    def _wake_senders(self) -> None:
+        for name in self.deferrer.take_destinations():
+            if name in self.senders:
+                self.senders[name][1].set()
 
     def run_next(self) -> bool:
         """Claim and run one due study, if any; returns whether one was claimed."""
@@ -189,6 +206,7 @@ class InProcessCarrier:
             except Exception:  # a bug (or the database gone) must not kill the pool thread
                 log.exception("worker error")
                 busy = False
+            self._wake_senders()  # the stage has committed: its deliveries go now, not at the next sweep
             if not busy:
                 self.deferrer.wakeup.wait(self.idle_s)
                 self.deferrer.wakeup.clear()
@@ -197,7 +215,9 @@ class InProcessCarrier:
         """Finish the studies in hand, then stop the periodic jobs."""
         self.stopping.set()
         self.deferrer.wakeup.set()
-        for thread in self.threads:
+        for _thread, wake in self.senders.values():
+            wake.set()
+        for thread in self.threads + [thread for thread, _wake in self.senders.values()]:
             thread.join(timeout=timeout_s)
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)

@@ -129,11 +129,23 @@ class Deferrer(Protocol):
 
 class WakeDeferrer:
     """The in-process carrier's deferrer: the state change is the job; ``wakeup`` is set so the
-    pool claims due rows at once (an early or a lost wake-up costs only latency, never work)."""
+    pool claims due rows at once, and the destinations of deferred deliveries are noted for
+    :meth:`take_destinations` (an early or a lost wake-up costs only latency, never work)."""
 
     def __init__(self) -> None:
         self.wakeup = threading.Event()
+        self._destinations: set[str] = set()
+        self._lock = threading.Lock()
 
     def defer(self, connection: Connection, jobs: Sequence[Job]) -> None:
         if jobs:
+            with self._lock:
+                self._destinations.update(j.destination for j in jobs if j.stage == "deliver" and j.destination)
             self.wakeup.set()
+
+    def take_destinations(self) -> set[str]:
+        """The destinations that deliveries were deferred to since the last call (called once the
+        transaction that deferred them has committed)."""
+        with self._lock:
+            taken, self._destinations = self._destinations, set()
+        return taken
