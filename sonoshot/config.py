@@ -105,7 +105,7 @@ class DeidConfig:
     pixel_masks: tuple[PixelMask, ...] = ()  # masks for images without ultrasound regions
     ocr_min_score: float = 85.0  # fuzzy OCR match score (50-100) at which a PHI string counts as found
     text_detection_frames: int = 4  # frames of a clip searched for burned-in text (the union is blanked)
-    text_detector_threads: int = 2  # onnxruntime threads of the text detector (they never spin-wait)
+    text_detector_threads: int = 0  # onnxruntime threads of the text detector; 0: 2 on more than 2 cores, else 1
 
 
 @dataclass(frozen=True)
@@ -294,7 +294,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "deid.ocr_max_frames": (1, 10**6),
     "deid.ocr_min_score": (50, 100),
     "deid.text_detection_frames": (1, 1000),
-    "deid.text_detector_threads": (1, 64),
+    "deid.text_detector_threads": (0, 64),
     "detector.frames_per_cine": (1, 1000),
     "objects.upload_retry_max_s": (0.1, 3600),
     "cluster.stall_timeout_s": (1, 86400),

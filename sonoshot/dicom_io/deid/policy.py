@@ -7,12 +7,23 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from sonoshot.config import DeidConfig, PixelMask
 
 from .profile import EDITION, OPTION_NAMES, ROWS, resolve
+
+
+def auto_text_threads() -> int:
+    """``deid.text_detector_threads = 0``: two threads where the process may use more than two
+    cores, else one, so that a core stays with the receiver on a small machine."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return 2 if cores > 2 else 1
 
 
 @dataclass(frozen=True)
@@ -36,7 +47,7 @@ class DeidPolicy:
     ocr_min_score: float = 85.0  # rapidfuzz partial_ratio that counts as a match
     pixel_masks: tuple[PixelMask, ...] = ()
     text_frames: int = 4  # frames of a clip the text detector searches (union of their boxes)
-    text_threads: int = 2  # onnxruntime threads of the text detector
+    text_threads: int = 1  # onnxruntime threads of the text detector
 
     def __post_init__(self) -> None:
         for name in ("ocr_max_frames", "text_frames", "text_threads"):
@@ -59,7 +70,7 @@ class DeidPolicy:
             ocr_min_score=config.ocr_min_score,
             pixel_masks=config.pixel_masks,
             text_frames=config.text_detection_frames,
-            text_threads=config.text_detector_threads,
+            text_threads=config.text_detector_threads or auto_text_threads(),
         )
 
     @property

@@ -117,7 +117,7 @@ class TextDetector:
         If onnxruntime or the model cannot be loaded.
     """
 
-    def __init__(self, threads: int = 2) -> None:
+    def __init__(self, threads: int = 1) -> None:
         if threads < 1:
             raise ValueError(f'Argument "threads" must be at least 1, got {threads}.')
         try:
@@ -195,7 +195,7 @@ _DETECTOR: TextDetector | None = None
 _DETECTOR_LOCK = threading.Lock()
 
 
-def text_detector(threads: int = 2) -> TextDetector:
+def text_detector(threads: int = 1) -> TextDetector:
     """The process-wide detector, loaded on first use (``threads`` applies to that first load).
 
     Raises
