@@ -88,7 +88,7 @@ def test_kill_9_at_random_points_loses_nothing_and_delivers_once(tmp_path, share
                 rows = daemon.query("select state from studies")
                 return rows and all(state == "delivered" for (state,) in rows)
             try:
-                wait_for(settled, timeout=90, interval=0.3, what="every study to be delivered")
+                wait_for(settled, timeout=240, interval=0.3, what="every study to be delivered")
             except TimeoutError:
                 raise AssertionError(f"studies not delivered: {daemon.query('select study_instance_uid, state, detail from studies')}"
                                      f"\n{daemon.log()[-4000:]}")

@@ -145,7 +145,9 @@ class Service:
             self.deferrer = ProcrastinateDeferrer()
         else:
             self.deferrer = WakeDeferrer()
-        self.store = Store(config.database.url, self.deferrer)
+        # a connection for each association the receiver admits, each worker and the periodic jobs
+        self.store = Store(config.database.url, self.deferrer,
+                           connections=config.network.max_associations + config.workers.count + 4)
         self.objects = open_object_store(config)
         self.spool = Spool(config.storage.spool_dir, config.storage.fsync)
         self.registry = CollectorRegistry()

@@ -203,12 +203,16 @@ def _sqlite_immediate(engine: Engine) -> None:
 class Store:
     """The audit and state database behind one SQLAlchemy URL (SQLite by default)."""
 
-    def __init__(self, url: str, deferrer: Deferrer | None = None) -> None:
+    def __init__(self, url: str, deferrer: Deferrer | None = None, connections: int = 5) -> None:
+        """``connections``: the pool's steady size (10 more may open under load); a daemon sizes
+        it to its concurrency, so that a flood of associations cannot leave a handler waiting
+        for a connection."""
         self.deferrer: Deferrer = deferrer or WakeDeferrer()
         if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         sqlite = url.startswith("sqlite")
-        self.engine = create_engine(url, pool_pre_ping=not sqlite)  # a file needs no liveness ping
+        self.engine = create_engine(url, pool_pre_ping=not sqlite,  # a file needs no liveness ping
+                                    pool_size=connections, max_overflow=10)
         if sqlite:
             _sqlite_immediate(self.engine)
         self.reader = self.engine.execution_options(**{READ_ONLY: True})
