@@ -7,11 +7,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from sonoshot.config import DeidConfig, PixelMask
+from sonoshot.host import usable_cores
 
 from .profile import EDITION, OPTION_NAMES, ROWS, resolve
 
@@ -19,11 +19,7 @@ from .profile import EDITION, OPTION_NAMES, ROWS, resolve
 def auto_text_threads() -> int:
     """``deid.text_detector_threads = 0``: two threads where the process may use more than two
     cores, else one, so that a core stays with the receiver on a small machine."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return 2 if cores > 2 else 1
+    return 2 if usable_cores() > 2 else 1
 
 
 @dataclass(frozen=True)

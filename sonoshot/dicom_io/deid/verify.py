@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,7 +154,6 @@ class PixelWitness:
         self.expected: dict[int, bytes] = {}
         self.read: dict[int, bytes] = {}
         self._frames: dict[int, np.ndarray] = {}
-        self._lock = threading.Lock()
 
     def decoded(self, index: int, frame: np.ndarray) -> None:
         """A source frame as decoded (not modified here)."""
@@ -167,11 +165,9 @@ class PixelWitness:
         """A frame as the cleaner will write it (kept, unmodified, when it is in the sample)."""
         if index not in self.sample:
             return
-        with self._lock:
-            self._frames[index] = frame
-            self.read[index] = _digest(frame)
-            complete = len(self._frames) == len(self.sample)
-        if complete and self._on_sample is not None:
+        self._frames[index] = frame
+        self.read[index] = _digest(frame)
+        if len(self._frames) == len(self.sample) and self._on_sample is not None:
             self._on_sample([self._frames.pop(i) for i in self.sample])
 
 
