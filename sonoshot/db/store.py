@@ -17,6 +17,7 @@ transaction.
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -48,6 +49,17 @@ _COUNT_INSTANCE = (update(Study)
                            last_received_at=bindparam("now", type_=Study.last_received_at.type))
                    .returning(Study.id, Study.generation))
 _ADD_INSTANCE = insert(Instance)
+_OPEN_ASSOCIATION = insert(Association).returning(Association.id)
+_ADD_EVENT = insert(Event)
+_RECEIVED = select(func.count()).where(Instance.association_id == Association.id).scalar_subquery()
+_RECEIVED_BYTES = select(func.coalesce(func.sum(Instance.size_bytes), 0)) \
+    .where(Instance.association_id == Association.id).scalar_subquery()
+_CLOSE_ASSOCIATION = (update(Association)
+                      .where(Association.id == bindparam("row_id"), Association.ended_at.is_(None))
+                      .values(ended_at=bindparam("ended", type_=Association.ended_at.type), outcome=bindparam("how"),
+                              instances_received=_RECEIVED, bytes_received=_RECEIVED_BYTES)
+                      .returning(Association.calling_ae_title, Association.instances_received,
+                                 Association.bytes_received))
 
 
 @dataclass(frozen=True)
@@ -215,6 +227,11 @@ class Store:
                                     pool_size=connections, max_overflow=10)
         if sqlite:
             _sqlite_immediate(self.engine)
+        # SQLite has one writer at a time, and its busy handler makes the others sleep and retry
+        # (up to 100 ms a try, in no order): under a flood of associations one thread could lose
+        # for seconds. Writers in this process queue on a lock instead; other processes still
+        # meet the busy timeout.
+        self._writer: contextlib.AbstractContextManager = threading.RLock() if sqlite else contextlib.nullcontext()
         self.reader = self.engine.execution_options(**{READ_ONLY: True})
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(self.reader, expire_on_commit=False)
@@ -223,7 +240,7 @@ class Store:
         """Bring the schema to the newest Alembic revision."""
         config = AlembicConfig()
         config.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as connection:
+        with self._writer, self.engine.begin() as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             config.attributes["connection"] = connection
@@ -232,7 +249,7 @@ class Store:
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
         """A session committed on success and rolled back on error."""
-        with self._sessions() as session, session.begin():
+        with self._writer, self._sessions() as session, session.begin():
             yield session
 
     @contextlib.contextmanager
@@ -261,26 +278,29 @@ class Store:
     # -- receiving -------------------------------------------------------------------------
 
     def open_association(self, calling: str, called: str, peer: str, node: str | None = None) -> int:
-        with self.session() as s:
-            row = Association(calling_ae_title=calling, called_ae_title=called, peer_address=peer, node=node)
-            s.add(row)
-            s.flush()
-            s.add(Event(kind="association", outcome="accepted", association_id=row.id,
-                        calling_ae_title=calling, detail={"peer": peer, "called": called}))
-            return row.id
+        """Record an accepted association and its audit event; returns the association's id.
+
+        This and :meth:`close_association` run for every association, so a peer opening many
+        costs two short transactions each: prebuilt statements, no ORM unit of work.
+        """
+        with self._writer, self.engine.begin() as c:
+            row_id = c.execute(_OPEN_ASSOCIATION, {"calling_ae_title": calling, "called_ae_title": called,
+                                                   "peer_address": peer, "node": node}).scalar_one()
+            c.execute(_ADD_EVENT, {"kind": "association", "outcome": "accepted", "association_id": row_id,
+                                   "calling_ae_title": calling, "detail": {"peer": peer, "called": called}})
+            return row_id
 
     def close_association(self, association_id: int, outcome: str) -> None:
-        with self.session() as s:
-            row = s.get(Association, association_id)
-            if row is None or row.ended_at is not None:
+        """Record how an association ended and what it stored (once; later calls do nothing)."""
+        with self._writer, self.engine.begin() as c:
+            closed = c.execute(_CLOSE_ASSOCIATION, {"row_id": association_id, "ended": utcnow(),
+                                                    "how": outcome}).first()
+            if closed is None:
                 return
-            row.ended_at, row.outcome = utcnow(), outcome
-            count, size = s.execute(select(func.count(), func.coalesce(func.sum(Instance.size_bytes), 0))
-                                    .where(Instance.association_id == association_id)).one()
-            row.instances_received, row.bytes_received = int(count), int(size)  # PostgreSQL sums are NUMERIC
-            s.add(Event(kind="association", outcome=outcome, association_id=row.id,
-                        calling_ae_title=row.calling_ae_title,
-                        detail={"instances": row.instances_received, "bytes": row.bytes_received}))
+            calling, count, size = closed
+            c.execute(_ADD_EVENT, {"kind": "association", "outcome": outcome, "association_id": association_id,
+                                   "calling_ae_title": calling,
+                                   "detail": {"instances": int(count), "bytes": int(size)}})  # PostgreSQL: NUMERIC
 
     def has_instance(self, sop_instance_uid: str) -> bool:
         with self.reader.connect() as c:
@@ -309,7 +329,7 @@ class Store:
 
     def _record_instance(self, new: NewInstance, association_id: int | None) -> None:
         now = utcnow()
-        with self.engine.begin() as c:
+        with self._writer, self.engine.begin() as c:
             counted = c.execute(_COUNT_INSTANCE, {"study_uid": new.study_instance_uid, "size_bytes": new.size_bytes,
                                                   "now": now}).first()
             if counted is not None:
