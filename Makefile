@@ -50,8 +50,12 @@ SERVE_CONFIG ?= deploy/demo.toml
 serve: $(INSTALLED) ocr var/deid.key
 	$(VENV)/bin/sonoshot --config $(SERVE_CONFIG) serve
 
+# Two pytest workers by default (TEST_WORKERS=N for more, 0 for one process); a module's tests
+# stay on one worker, so its fixtures (a daemon, a corpus) are built once.
+TEST_WORKERS ?= 2
+
 test: $(INSTALLED) peers
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(INSTALLED) peers
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
