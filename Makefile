@@ -51,11 +51,15 @@ serve: $(INSTALLED) ocr var/deid.key
 	$(VENV)/bin/sonoshot --config $(SERVE_CONFIG) serve
 
 # Two pytest workers by default (TEST_WORKERS=N for more, 0 for one process); a module's tests
-# stay on one worker, so its fixtures (a daemon, a corpus) are built once.
+# stay on one worker, so its fixtures (a daemon, a corpus) are built once. Tests marked `alone`
+# (load tests whose peers' timing another test's load would change) run afterwards, by themselves.
 TEST_WORKERS ?= 2
 
 test: $(INSTALLED) peers
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	@status=0; \
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not alone" || status=$$?; \
+	$(VENV)/bin/python -m pytest -m alone || status=$$?; \
+	exit $$status
 
 bench: $(INSTALLED) peers
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

@@ -244,6 +244,7 @@ class Sender(threading.Thread):
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # six fuzzers keep the daemon's core busy; beside another test it gets far less
 @pytest.mark.timeout(900)
 def test_pdu_fuzzing_with_a_legitimate_sender(tmp_path, shared_dicom):
     require_binary("echoscu", "storescu")
