@@ -380,7 +380,8 @@ class Store:
         Quiet means: no instance for ``quiet_period_s`` and no open association has sent an
         instance of the study. ``max_wait_s`` after the study (re)opened, it completes anyway.
         Either way every instance must have reached the object store (no upload pending on a
-        receiver). Each completed study's de-identification job is deferred with the move.
+        receiver). Each completed study's de-identification job is deferred with the move. A
+        sweep that finds nothing due reads only (it runs every ``completion.sweep_interval_s``).
         """
         now = now or utcnow()
         still_sending = (
@@ -391,9 +392,12 @@ class Store:
                                               Instance.pending_upload.is_not(None)).exists()
         quiet = (Study.last_received_at <= now - timedelta(seconds=quiet_period_s)) & ~still_sending
         capped = Study.receiving_since <= now - timedelta(seconds=max_wait_s)
+        due = (Study.state == StudyState.RECEIVING.value) & (quiet | capped) & ~uploading
+        with self.read_session() as s:  # most sweeps find nothing: they need not take the write lock
+            if s.scalar(select(Study.id).where(due).limit(1)) is None:
+                return []
         with self.session() as s:
-            studies = list(s.scalars(select(Study).where(Study.state == StudyState.RECEIVING.value, quiet | capped,
-                                                         ~uploading).with_for_update()))
+            studies = list(s.scalars(select(Study).where(due).with_for_update()))
             return [self._complete(s, study, now) for study in studies]
 
     def _complete(self, s: Session, study: Study, now: datetime) -> StudyRef:
