@@ -252,7 +252,9 @@ def test_live_studies_jump_the_archive_backlog(site):
     site.recorder.hold.set()
     wait_for(lambda: site.recorder.count("deliver")[live], timeout=60, what="the live study delivered")
     deid_order = [uid for stage, uid, _g, _l in site.recorder.runs if stage == "deid"]
-    assert deid_order.index(live) <= 2  # at most the archive studies already in hand went first
+    # Before it: the two archive studies in hand, and at most one more, which the other consumer
+    # slot took after live when both were freed together (its run may be recorded first).
+    assert deid_order.index(live) <= 3
     _delivered(site, archive + [live], timeout=120)
 
 
