@@ -240,11 +240,17 @@ class Store:
         """Bring the schema to the newest Alembic revision."""
         config = AlembicConfig()
         config.set_main_option("script_location", str(MIGRATIONS))
-        with self._writer, self.engine.begin() as connection:
+        with self.transaction() as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A Core connection in a write transaction (committed on success), for prebuilt statements."""
+        with self._writer, self.engine.begin() as connection:
+            yield connection
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
@@ -283,7 +289,7 @@ class Store:
         This and :meth:`close_association` run for every association, so a peer opening many
         costs two short transactions each: prebuilt statements, no ORM unit of work.
         """
-        with self._writer, self.engine.begin() as c:
+        with self.transaction() as c:
             row_id = c.execute(_OPEN_ASSOCIATION, {"calling_ae_title": calling, "called_ae_title": called,
                                                    "peer_address": peer, "node": node}).scalar_one()
             c.execute(_ADD_EVENT, {"kind": "association", "outcome": "accepted", "association_id": row_id,
@@ -292,7 +298,7 @@ class Store:
 
     def close_association(self, association_id: int, outcome: str) -> None:
         """Record how an association ended and what it stored (once; later calls do nothing)."""
-        with self._writer, self.engine.begin() as c:
+        with self.transaction() as c:
             closed = c.execute(_CLOSE_ASSOCIATION, {"row_id": association_id, "ended": utcnow(),
                                                     "how": outcome}).first()
             if closed is None:
@@ -329,7 +335,7 @@ class Store:
 
     def _record_instance(self, new: NewInstance, association_id: int | None) -> None:
         now = utcnow()
-        with self._writer, self.engine.begin() as c:
+        with self.transaction() as c:
             counted = c.execute(_COUNT_INSTANCE, {"study_uid": new.study_instance_uid, "size_bytes": new.size_bytes,
                                                   "now": now}).first()
             if counted is not None:
