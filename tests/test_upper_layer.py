@@ -11,7 +11,9 @@ from __future__ import annotations
 import gc
 import inspect
 import io
+import os
 import ssl
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -19,10 +21,12 @@ from pathlib import Path
 import pydicom
 import pynetdicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt, fsm
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_messages import C_STORE_RSP, DIMSEMessage
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import UltrasoundMultiFrameImageStorage, Verification
@@ -113,6 +117,7 @@ def test_the_private_members_the_hooks_replace_exist():
     assert "self._read_pdu_data()" in inspect.getsource(DULServiceProvider._is_transport_event)
     assert "dul.assoc.dimse.receive_primitive(" in inspect.getsource(fsm.DT_2)
     assert "self._run_reactor()" in inspect.getsource(Association.run_reactor)
+    assert "self.dimse.send_msg(rsp, cx_id)" in inspect.getsource(StorageServiceClass.SCP)
     assert "os.unlink(req._dataset_file.name)" in inspect.getsource(StorageServiceClass.SCP)
     assert "deepcopy(self.server.contexts)" in inspect.getsource(RequestHandler._create_association)
     assert "gc.collect()" in inspect.getsource(AssociationServer.service_actions)  # what GuardedServer skips
@@ -127,6 +132,7 @@ def test_each_connection_gets_the_hooks_and_shares_the_contexts(scp):
         assert dul._read_pdu_data.__func__ is upper_layer.Connection.read_pdu
         assert dul._is_transport_event.__func__ is upper_layer.Connection.transport_event
         assert assoc._run_reactor.__func__ is upper_layer.Connection.run_reactor
+        assert assoc.dimse.send_msg.__func__ is upper_layer.Connection.send_msg
         assert dul._run_loop_delay == upper_layer.RUN_LOOP_DELAY_S
         assert assoc.acceptor.supported_contexts is server.server.contexts  # not deep-copied
         peer.send(RELEASE_RQ)
@@ -145,6 +151,68 @@ def test_the_hooks_run_on_pynetdicom_threads(scp):
     assert _echo(server.port) == 0x0000
     assert {"upper_layer.py:read_pdu", "upper_layer.py:transport_event"} <= seen["pdu"]
     assert "upper_layer.py:run_reactor" in seen["echo"]
+
+
+# -- C-STORE responses --------------------------------------------------------------------
+
+def _pynetdicom_command(rsp: C_STORE, max_pdu: int = 16384) -> list[bytes]:
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+    return [pdata.presentation_data_value_list[0][1] for pdata in message.encode_msg(1, max_pdu)]
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xA700, 0xC210, 0xB007])
+@pytest.mark.parametrize("sop_instance", ["1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.12"])
+def test_a_plain_store_response_is_what_pynetdicom_encodes(status, sop_instance):
+    rsp = C_STORE()
+    rsp.MessageID = rsp.MessageIDBeingRespondedTo = 65535
+    rsp.AffectedSOPClassUID, rsp.AffectedSOPInstanceUID, rsp.Status = UltrasoundMultiFrameImageStorage, sop_instance, status
+    assert _pynetdicom_command(rsp) == [b"\x03" + upper_layer._plain_store_response(rsp)]
+
+
+def test_other_store_responses_go_through_pynetdicom():
+    rsp = C_STORE()
+    rsp.MessageID = rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID, rsp.AffectedSOPInstanceUID, rsp.Status = UltrasoundMultiFrameImageStorage, "1.2.3", 0xC000
+    rsp.ErrorComment = "cannot understand"
+    assert upper_layer._plain_store_response(rsp) is None
+    request = C_STORE()
+    request.MessageID = 7
+    assert upper_layer._plain_store_response(request) is None  # a request, not a response
+
+
+def test_store_responses_reach_a_dcmtk_peer_and_a_sent_handler_sees_them(scp, tmp_path, monkeypatch):
+    """The responses encoded here are read by DCMTK's storescu (every status checked), and an
+    EVT_DIMSE_SENT handler, which needs pynetdicom's message objects, turns the shortcut off."""
+    require_binary("storescu")
+    monkeypatch.setattr(pynetdicom._config, "LOG_HANDLER_LEVEL", "none")  # as the daemon runs: no debug handlers
+    server = scp()
+    source = Path(get_testdata_file("CT_small.dcm", download=False))
+    files = []
+    for n in range(3):
+        ds = pydicom.dcmread(source)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        files.append(tmp_path / f"{n}.dcm")
+        ds.save_as(files[-1])
+    sent: list[str] = []
+    encoded: list[int] = []
+    real = upper_layer.store_response_command
+    monkeypatch.setattr(upper_layer, "store_response_command", lambda *args: encoded.append(args[2]) or real(*args))
+
+    def on_sent(event: evt.Event) -> None:
+        sent.append(type(event.message).__name__)
+
+    server.server.bind(evt.EVT_DIMSE_SENT, on_sent)
+    run = subprocess.run(["storescu", "-aec", "SONOSHOT", "127.0.0.1", str(server.port), str(files[0])],
+                         env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert sent == ["C_STORE_RSP"] and encoded == []
+    server.server.unbind(evt.EVT_DIMSE_SENT, on_sent)
+    run = subprocess.run(["storescu", "-aec", "SONOSHOT", "127.0.0.1", str(server.port), *map(str, files[1:])],
+                         env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert sent == ["C_STORE_RSP"] and encoded == [0x0000, 0x0000]  # these two took the shortcut
+    assert all(server.store.has_instance(str(pydicom.dcmread(f).SOPInstanceUID)) for f in files)
 
 
 def test_ended_connections_are_freed(scp):
@@ -410,7 +478,7 @@ def test_concurrent_renames_share_folder_fsyncs(tmp_path, monkeypatch):
     for thread in threads:
         thread.join(10)
     assert sorted(done) == list(range(1, 17))
-    assert len(calls) < 16 and set(calls) == {tmp_path / "spool" / "1.2" / "3.4"}
+    assert len(calls) < 16 and set(map(Path, calls)) == {tmp_path / "spool" / "1.2" / "3.4"}
     assert sorted(p.name for p in (tmp_path / "spool/1.2/3.4").iterdir()) == sorted(f"{n}.dcm" for n in range(17))
 
 
@@ -421,4 +489,4 @@ def test_new_folders_are_made_durable(tmp_path, monkeypatch):
     spool = Spool(tmp_path / "spool")
     spool.put("1.2/3.4/5.dcm", b"data")
     root = tmp_path / "spool"
-    assert calls == [root, root / "1.2", root / "1.2" / "3.4"]
+    assert list(map(Path, calls)) == [root, root / "1.2", root / "1.2" / "3.4"]

@@ -51,6 +51,8 @@ _COUNT_INSTANCE = (update(Study)
 _ADD_INSTANCE = insert(Instance)
 _OPEN_ASSOCIATION = insert(Association).returning(Association.id)
 _ADD_EVENT = insert(Event)
+#: Whether any study waits in a state: the pool asks it several times a second while idle.
+_ANY_IN_STATE = select(Study.id).where(Study.state == bindparam("state")).limit(1)
 _RECEIVED = select(func.count()).where(Instance.association_id == Association.id).scalar_subquery()
 _RECEIVED_BYTES = select(func.coalesce(func.sum(Instance.size_bytes), 0)) \
     .where(Instance.association_id == Association.id).scalar_subquery()
@@ -435,6 +437,9 @@ class Store:
         """Atomically take the oldest study in ``from_state`` (live before archive), move it to
         ``to_state`` and raise its lease; the returned reference holds the claim."""
         check_move(from_state, to_state)
+        with self.reader.connect() as c:  # an idle pool asks often: no write lock when nothing is due
+            if c.execute(_ANY_IN_STATE, {"state": from_state.value}).first() is None:
+                return None
         with self.session() as s:
             study = s.scalar(select(Study).where(Study.state == from_state.value)
                              .order_by(case((Study.lane == Lane.ARCHIVE.value, 1), else_=0),

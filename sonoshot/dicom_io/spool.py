@@ -51,7 +51,7 @@ def check_uid(uid: object, keyword: str) -> str:
     return uid
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | Path) -> None:
     """Make a folder's entries (a rename into it) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -75,9 +75,9 @@ class FolderSync:
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
-        self._folders: dict[Path, _FolderState] = {}
+        self._folders: dict[str, _FolderState] = {}
 
-    def sync(self, folder: Path) -> None:
+    def sync(self, folder: str) -> None:
         """Return once an fsync of ``folder`` that began after this call has finished.
 
         Raises
@@ -115,9 +115,11 @@ class Spool:
 
     def __init__(self, root: Path, fsync: bool = True) -> None:
         self.root = Path(root)
+        self._root = str(self.root)  # the hot path joins strings: pathlib interns every (unique) UID part
         self.fsync = fsync
         self.incoming = self.root / INCOMING
         self.incoming.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._incoming = str(self.incoming)
         self.folders = FolderSync()
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
@@ -125,24 +127,24 @@ class Spool:
         return "/".join((check_uid(study_uid, "StudyInstanceUID"), check_uid(series_uid, "SeriesInstanceUID"),
                          check_uid(sop_uid, "SOPInstanceUID") + SUFFIX))
 
-    def _folder_for(self, target: Path) -> None:
+    def _folder_for(self, target: str) -> None:
         """Create ``target``'s folder (and those above it) durably: each new folder's parent is fsynced."""
-        folder = target.parent
+        folder = os.path.dirname(target)
         missing = []
-        while not folder.is_dir():
+        while not os.path.isdir(folder):
             missing.append(folder)
-            folder = folder.parent
+            folder = os.path.dirname(folder)
         for folder in reversed(missing):
             with contextlib.suppress(FileExistsError):
-                folder.mkdir(mode=0o700)
+                os.mkdir(folder, 0o700)
             if self.fsync:
-                self.folders.sync(folder.parent)
+                self.folders.sync(os.path.dirname(folder))
 
     def put(self, relative: str, *chunks: bytes | bytearray | memoryview) -> int:
         """Write ``chunks`` (one after another) durably at ``relative``; returns the bytes written."""
-        target = self.root / relative
+        target = os.path.join(self._root, relative)
         self._folder_for(target)
-        fd, tmp = tempfile.mkstemp(dir=self.incoming, suffix=".part")
+        fd, tmp = tempfile.mkstemp(dir=self._incoming, suffix=".part")
         size = sum(memoryview(chunk).nbytes for chunk in chunks)
         try:
             try:
@@ -161,7 +163,7 @@ class Spool:
                 os.unlink(tmp)
             raise
         if self.fsync:
-            self.folders.sync(target.parent)
+            self.folders.sync(os.path.dirname(target))
         return size
 
     def open_incoming(self) -> tuple[io.FileIO, Path]:
@@ -172,7 +174,7 @@ class Spool:
 
     def adopt(self, relative: str, part: Path) -> int:
         """Make a finished ``.part`` file from :meth:`open_incoming` durable at ``relative``; returns its size."""
-        target = self.root / relative
+        target = os.path.join(self._root, relative)
         self._folder_for(target)
         fd = os.open(part, os.O_RDONLY)
         try:
@@ -183,18 +185,18 @@ class Spool:
             os.close(fd)
         os.replace(part, target)
         if self.fsync:
-            self.folders.sync(target.parent)
+            self.folders.sync(os.path.dirname(target))
         return size
 
     def holds(self, relative: str) -> bool:
         """Whether an instance is stored durably at ``relative``. Another association may have
         renamed it into place a moment ago, before its folder fsync: that fsync is awaited (shared)
         so a duplicate is never acknowledged ahead of the original's durability."""
-        target = self.root / relative
-        if not target.is_file():
+        target = os.path.join(self._root, relative)
+        if not os.path.isfile(target):
             return False
         if self.fsync:
-            self.folders.sync(target.parent)
+            self.folders.sync(os.path.dirname(target))
         return True
 
     def path(self, relative: str) -> Path:

@@ -22,6 +22,12 @@ DIMSE limits and streamed datasets
     ``network.stream_above_mb`` is moved to a ``.part`` file in the spool's ``.incoming`` and the
     rest of it is written there as it arrives (pynetdicom's own chunked-dataset path,
     ``Event.dataset_path``); the C-STORE handler makes that file durable in place.
+C-STORE responses
+    A C-STORE-RSP with only the usual elements (no Offending Element, no Error Comment) is
+    encoded straight into its P-DATA value, the Implicit VR Little Endian command set PS3.7
+    9.3.1.2 defines, byte for byte what pynetdicom's own encoder writes, without building
+    a pydicom dataset twice (once for the group length); any other message goes through
+    pynetdicom, as does every message while an ``EVT_DIMSE_SENT`` handler is bound.
 Event-driven waiting
     pynetdicom polls: its DUL thread sleeps ``_run_loop_delay`` (1 ms) between zero-timeout
     ``select`` calls and its association reactor sleeps 1 ms between queue checks, which costs
@@ -32,7 +38,7 @@ Event-driven waiting
 
 These replace private pynetdicom 3.0 methods and attributes on the association's instances:
 ``DULServiceProvider._read_pdu_data``, ``_is_transport_event``, ``_run_loop_delay``,
-``to_provider_queue``, ``to_user_queue``; ``DIMSEServiceProvider.receive_primitive``, ``msg_queue``;
+``to_provider_queue``, ``to_user_queue``; ``DIMSEServiceProvider.receive_primitive``, ``send_msg``, ``msg_queue``;
 ``Association._run_reactor``. setup.cfg pins pynetdicom to ``>=3.0.4,<3.1`` and
 ``tests/test_upper_layer.py`` fails if an upgrade changes what they rely on.
 """
@@ -57,6 +63,8 @@ from typing import Any
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.pdu import (A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ, A_RELEASE_RP,
                             A_RELEASE_RQ, P_DATA_TF)
 
@@ -93,6 +101,40 @@ _PDU_CLASSES = {0x01: (A_ASSOCIATE_RQ, "Evt6"), 0x02: (A_ASSOCIATE_AC, "Evt3"), 
                 0x07: (A_ABORT_RQ, "Evt16")}
 _PDU_NAMES = {0x01: "A-ASSOCIATE-RQ", 0x02: "A-ASSOCIATE-AC", 0x03: "A-ASSOCIATE-RJ", 0x04: "P-DATA-TF",
               0x05: "A-RELEASE-RQ", 0x06: "A-RELEASE-RP", 0x07: "A-ABORT"}
+
+
+def _command_element(element: int, value: bytes) -> bytes:
+    return struct.pack("<HHL", 0x0000, element, len(value)) + value
+
+
+def _ui(uid: str) -> bytes:
+    value = uid.encode("ascii")
+    return value + b"\0" if len(value) % 2 else value
+
+
+def store_response_command(sop_class_uid: str, message_id: int, status: int, sop_instance_uid: str) -> bytes:
+    """The encoded command set of a C-STORE-RSP (PS3.7 Table 9.3-2, Implicit VR Little Endian):
+    group length, Affected SOP Class UID, Command Field 0x8001, Message ID Being Responded To,
+    Command Data Set Type 0x0101 (none), Status, Affected SOP Instance UID."""
+    body = b"".join((
+        _command_element(0x0002, _ui(sop_class_uid)), _command_element(0x0100, struct.pack("<H", 0x8001)),
+        _command_element(0x0120, struct.pack("<H", message_id)), _command_element(0x0800, struct.pack("<H", 0x0101)),
+        _command_element(0x0900, struct.pack("<H", status)), _command_element(0x1000, _ui(sop_instance_uid))))
+    return _command_element(0x0000, struct.pack("<L", len(body))) + body
+
+
+def _plain_store_response(primitive: Any) -> bytes | None:
+    """The command set of ``primitive`` if it is a C-STORE-RSP :func:`store_response_command` can
+    encode (both UIDs, a status, no Offending Element or Error Comment), else None."""
+    if type(primitive) is not C_STORE or primitive.MessageIDBeingRespondedTo is None:
+        return None
+    if primitive.OffendingElement is not None or primitive.ErrorComment is not None:
+        return None
+    sop_class, sop_instance, status = (primitive.AffectedSOPClassUID, primitive.AffectedSOPInstanceUID,
+                                       primitive.Status)
+    if not sop_class or not sop_instance or not isinstance(status, int):
+        return None
+    return store_response_command(str(sop_class), primitive.MessageIDBeingRespondedTo, status, str(sop_instance))
 
 
 @dataclass(frozen=True)
@@ -214,6 +256,7 @@ class Connection:
         self.dul_wake: tuple[socket.socket, socket.socket] | None = None
         self.request_deadline = guard.gate.attach(assoc)
         self._receive_primitive = self.dimse.receive_primitive
+        self._send_msg = self.dimse.send_msg
         dul, dimse = self.dul, self.dimse
         dul._read_pdu_data = self.read_pdu
         dul._is_transport_event = self.transport_event
@@ -222,6 +265,7 @@ class Connection:
         dul.to_user_queue = _WakingQueue(self.reactor_wake.set)
         dimse.msg_queue = _WakingQueue(self.reactor_wake.set)
         dimse.receive_primitive = self.receive_primitive
+        dimse.send_msg = self.send_msg
         assoc._run_reactor = self.run_reactor
         assoc.acse_timeout = max(0.05, self.request_deadline - time.monotonic())
 
@@ -419,6 +463,18 @@ class Connection:
                 self._spill(message)
         elif message.data_set.tell() > OTHER_DATASET_LIMIT:
             self.refuse("dimse-too-large", f"a {type(message).__name__} dataset over {OTHER_DATASET_LIMIT} bytes")
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        """Wraps ``DIMSEServiceProvider.send_msg``: a plain C-STORE-RSP goes out as one P-DATA
+        encoded here (see the module notes); anything else as pynetdicom sends it."""
+        command = None if self.assoc.get_handlers(evt.EVT_DIMSE_SENT) else _plain_store_response(primitive)
+        max_pdu = self.dimse.maximum_pdu_size
+        if command is None or (max_pdu and len(command) + 6 > max_pdu):
+            self._send_msg(primitive, context_id)
+            return
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
+        self.dul.send_pdu(pdata)
 
     def _spill(self, message: C_STORE_RQ) -> None:
         """Move a growing C-STORE dataset from memory to a ``.part`` file; the rest follows it there."""
