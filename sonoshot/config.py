@@ -78,7 +78,7 @@ class DatabaseConfig:
 class CompletionConfig:
     quiet_period_s: float = 30.0  # a study is complete after this long without a new instance
     max_wait_s: float = 900.0  # ... or this long after its first instance, whatever is still open
-    sweep_interval_s: float = 0.5  # how often the completion sweep runs (a study completes this much after its quiet period at most)
+    sweep_interval_s: float = 0.5  # how often the completion sweep runs (in process a study completes as its quiet period ends; in a cluster up to this much later)
 
 
 @dataclass(frozen=True)

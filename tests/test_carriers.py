@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,25 @@ def test_periodic_jobs_run_once_per_period_across_consumers(site):
             per_period = s.execute(text("SELECT args->>'timestamp', count(*) FROM procrastinate_jobs "
                                         "WHERE task_name = 'sonoshot.periodic.tick' GROUP BY 1")).all()
         assert len(per_period) >= len(runs) and {n for _t, n in per_period} == {1}
+
+
+def test_in_process_a_periodic_job_also_runs_when_its_work_is_due(tmp_path):
+    """In process, a job that tells when its work is due next (the completion sweep: when the next
+    study goes quiet) runs at that moment as well as every period; a due time already past waits."""
+    runs: list[float] = []
+    now = datetime.now(timezone.utc)
+    dues = [now + timedelta(seconds=1.0), now - timedelta(seconds=1.0)]
+    job = Periodic("sweep", 30.0, lambda: runs.append(time.monotonic()), at_start=True,
+                   next_due=lambda: dues.pop(0) if dues else None)
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    carrier = InProcessCarrier(store, WakeDeferrer(), {}, [job])
+    started = time.monotonic()
+    carrier.start()
+    try:
+        wait_for(lambda: len(runs) >= 2, timeout=10, what="the run at the due time")
+        time.sleep(1.5)
+    finally:
+        carrier.stop()
+        store.dispose()
+    assert runs[1] - started == pytest.approx(1.0, abs=0.4)  # not 30 s later
+    assert len(runs) == 2 and not dues  # the past due time added no run

@@ -127,6 +127,20 @@ def test_late_instance_reopens_the_study_with_a_new_generation(store):
     assert [i.path for i in store.instances_of(ref)] == [f"{study}/x.dcm"] * 2
 
 
+def test_the_next_completion_is_when_the_first_receiving_study_goes_quiet(store):
+    assert store.next_completion_at(10, 3600) is None
+    first, second = _uid(), _uid()
+    assert store.record_instance(_instance(first))
+    assert store.record_instance(_instance(second))
+    assert store.record_instance(_instance(first))  # the first study's last instance comes after the second's
+    with store.read_session() as s:
+        rows = {row.study_instance_uid: row for row in s.scalars(select(Study))}
+    assert store.next_completion_at(10, 3600) == rows[second].last_received_at + timedelta(seconds=10)
+    assert store.next_completion_at(3600, 5) == rows[first].receiving_since + timedelta(seconds=5)  # max wait first
+    assert len(store.complete_quiet_studies(0, 3600)) == 2
+    assert store.next_completion_at(10, 3600) is None  # nothing receiving
+
+
 def test_an_open_association_holds_completion(store):
     association = store.open_association("MODALITY", "SONOSHOT", "127.0.0.1")
     study = _uid()

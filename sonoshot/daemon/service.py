@@ -186,7 +186,9 @@ class Service:
         config = self.config
         return [
             Periodic("completion", config.completion.sweep_interval_s,
-                     functools.partial(jobs.sweep_completion, self.store, config.completion)),
+                     functools.partial(jobs.sweep_completion, self.store, config.completion),
+                     next_due=functools.partial(self.store.next_completion_at, config.completion.quiet_period_s,
+                                                config.completion.max_wait_s)),
             Periodic("retention", retention.INTERVAL_S,
                      functools.partial(retention.purge_expired, self.store, self.objects, config.retention)),
             Periodic("drift", config.validation.drift_interval_s, self.drift.run, at_start=True),

@@ -381,6 +381,16 @@ class Store:
 
     # -- completion ------------------------------------------------------------------------
 
+    def next_completion_at(self, quiet_period_s: float, max_wait_s: float) -> datetime | None:
+        """When the next ``receiving`` study goes quiet or reaches ``max_wait_s``, if it stays as it
+        is (None without such a study); a time in the past: one is due or held by an open association."""
+        with self.reader.connect() as c:
+            last, since = c.execute(select(func.min(Study.last_received_at), func.min(Study.receiving_since))
+                                    .where(Study.state == StudyState.RECEIVING.value)).one()
+        if last is None:
+            return None
+        return min(last + timedelta(seconds=quiet_period_s), since + timedelta(seconds=max_wait_s))
+
     def complete_quiet_studies(self, quiet_period_s: float, max_wait_s: float,
                                now: datetime | None = None) -> list[StudyRef]:
         """Move ``receiving`` studies that have gone quiet (or waited too long) to ``complete``.
