@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import threading
 import time
@@ -16,6 +17,7 @@ from pynetdicom import AE, evt
 
 from sonoshot.cli import main
 from sonoshot.config import Destination, TLSConfig
+from sonoshot.dicom_io import send as send_module
 from sonoshot.dicom_io.report import ImageScoreRef, QuarantinedRef, StudyResult, build_report
 from sonoshot.dicom_io.send import (
     InstanceStatus,
@@ -169,6 +171,17 @@ def test_proposes_only_needed_contexts(status_scp, sr, cine):
         (ComprehensiveSRStorage, ["1.2.840.10008.1.2.1", ImplicitVRLittleEndian]),
         (UltrasoundMultiFrameImageStorage, ["1.2.840.10008.1.2.4.50"]),
     ]
+
+
+def test_associations_send_without_nagle_delay(status_scp):
+    """Each message's PDUs go out at once (TCP_NODELAY), not after the peer's delayed ACK."""
+    assoc, detail = send_module._associate(_dest(status_scp.port, "STATUSSCP"), CALLING, 5.0,
+                                           [(ComprehensiveSRStorage, [ImplicitVRLittleEndian])])
+    assert assoc is not None, detail
+    try:
+        assert assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        assoc.release()
 
 
 def test_dimse_timeout_is_transient(sr):
