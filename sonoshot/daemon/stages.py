@@ -190,12 +190,14 @@ class InProcessCarrier:
             if name in self.senders:
                 self.senders[name][1].set()
 
-    def run_next(self) -> bool:
-        """Claim and run one due study, if any; returns whether one was claimed."""
+    def run_next(self, woken: bool = True) -> bool:
+        """Claim and run one due study, if any; returns whether one was claimed. ``woken``: a job
+        was deferred (its transaction may not have committed yet: the claim waits for it); else
+        an idle poll, which looks before it takes the write lock."""
         for stage in POOL_ORDER:
             if stage not in self.stages:
                 continue
-            claimed = self.store.claim_study(*STAGE_STATES[stage])
+            claimed = self.store.claim_study(*STAGE_STATES[stage], look_first=not woken)
             if claimed is not None:
                 self.stages[stage].run(claimed)
                 return True
@@ -217,15 +219,17 @@ class InProcessCarrier:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)  # this thread only (Linux)
             except OSError as exc:  # not permitted by a seccomp filter, say: run at the receiver's priority
                 log.warning("study workers run at the receiver's priority: %s", exc.strerror)
+        woken = True
         while not self.stopping.is_set():
             try:
-                busy = self.run_next()
+                busy = self.run_next(woken)
             except Exception:  # a bug (or the database gone) must not kill the pool thread
                 log.exception("worker error")
                 busy = False
             self._wake_senders()  # the stage has committed: its deliveries go now, not at the next sweep
+            woken = True
             if not busy:
-                self.deferrer.wakeup.wait(self.idle_s)
+                woken = self.deferrer.wakeup.wait(self.idle_s)
                 self.deferrer.wakeup.clear()
 
     def stop(self, timeout_s: float = 120.0) -> None:

@@ -443,13 +443,16 @@ class Store:
 
     # -- stage moves -----------------------------------------------------------------------
 
-    def claim_study(self, from_state: StudyState, to_state: StudyState) -> StudyRef | None:
+    def claim_study(self, from_state: StudyState, to_state: StudyState, look_first: bool = False) -> StudyRef | None:
         """Atomically take the oldest study in ``from_state`` (live before archive), move it to
-        ``to_state`` and raise its lease; the returned reference holds the claim."""
+        ``to_state`` and raise its lease; the returned reference holds the claim. ``look_first``:
+        return at once, without the write lock, when no study is in ``from_state`` (an idle pool's
+        poll; a transaction still open that moves one there is not seen)."""
         check_move(from_state, to_state)
-        with self.reader.connect() as c:  # an idle pool asks often: no write lock when nothing is due
-            if c.execute(_ANY_IN_STATE, {"state": from_state.value}).first() is None:
-                return None
+        if look_first:
+            with self.reader.connect() as c:
+                if c.execute(_ANY_IN_STATE, {"state": from_state.value}).first() is None:
+                    return None
         with self.session() as s:
             study = s.scalar(select(Study).where(Study.state == from_state.value)
                              .order_by(case((Study.lane == Lane.ARCHIVE.value, 1), else_=0),

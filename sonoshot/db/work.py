@@ -129,23 +129,28 @@ class Deferrer(Protocol):
 
 class WakeDeferrer:
     """The in-process carrier's deferrer: the state change is the job; ``wakeup`` is set so the
-    pool claims due rows at once, and the destinations of deferred deliveries are noted for
-    :meth:`take_destinations` (an early or a lost wake-up costs only latency, never work)."""
+    pool claims due rows at once, and the destinations of deliveries a thread deferred are noted
+    for that thread's :meth:`take_destinations` (an early or a lost wake-up costs only latency,
+    never work: the outbox sweep finds every due delivery)."""
 
     def __init__(self) -> None:
         self.wakeup = threading.Event()
-        self._destinations: set[str] = set()
-        self._lock = threading.Lock()
+        self._noted = threading.local()
+
+    def _destinations(self) -> set[str]:
+        if not hasattr(self._noted, "destinations"):
+            self._noted.destinations = set()
+        return self._noted.destinations
 
     def defer(self, connection: Connection, jobs: Sequence[Job]) -> None:
         if jobs:
-            with self._lock:
-                self._destinations.update(j.destination for j in jobs if j.stage == "deliver" and j.destination)
+            self._destinations().update(j.destination for j in jobs if j.stage == "deliver" and j.destination)
             self.wakeup.set()
 
     def take_destinations(self) -> set[str]:
-        """The destinations that deliveries were deferred to since the last call (called once the
-        transaction that deferred them has committed)."""
-        with self._lock:
-            taken, self._destinations = self._destinations, set()
+        """The destinations that this thread deferred deliveries to since its last call. Called by a
+        pool thread once its stage has returned, so every transaction that deferred them has ended;
+        another thread's, still open, cannot send a sender to look before its commit."""
+        taken = set(self._destinations())
+        self._destinations().clear()
         return taken
