@@ -106,6 +106,7 @@ class DeidConfig:
     ocr_min_score: float = 85.0  # fuzzy OCR match score (50-100) at which a PHI string counts as found
     text_detection_frames: int = 4  # frames of a clip searched for burned-in text (the union is blanked)
     text_detector_threads: int = 0  # onnxruntime threads of the text detector; 0: 2 on more than 2 cores, else 1
+    ahead: bool = True  # de-identify each instance during its study's quiet period (receiver and stage in one process)
 
 
 @dataclass(frozen=True)

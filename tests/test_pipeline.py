@@ -67,6 +67,8 @@ def test_orthanc_forwards_and_receives_the_sr(tmp_path, shared_dicom, demo_bundl
         (image,) = result.image_scores
         assert image.sop_instance_uid == original.SOPInstanceUID and image.frames
         wait_for(lambda: daemon.study_state(study_uid) == "delivered", timeout=30, what="delivered state")
+        # Its one instance was de-identified during the quiet period (sonoshot.daemon.ahead).
+        assert f"study {study_uid}: 1 of 1 instance(s) were de-identified ahead" in daemon.log()
         # The database never saw the patient's identity.
         dump = _dump(daemon)
         for phi in (str(original.PatientName), str(original.PatientID)):

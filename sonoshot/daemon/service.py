@@ -24,6 +24,7 @@ import signal
 import socket
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import datetime, timezone
 
 import pydicom
@@ -33,6 +34,7 @@ from pynetdicom import _config as pynetdicom_config
 
 from sonoshot.config import Config, ConfigError, load_config
 from sonoshot.daemon import ROLES, http, jobs, retention
+from sonoshot.daemon.ahead import AHEAD_FOLDER, DeidAhead
 from sonoshot.daemon.delivery import DeliverStage, DestinationEcho
 from sonoshot.daemon.metrics import Metrics
 from sonoshot.daemon.stages import WORKER_NICE, Carrier, InProcessCarrier, Periodic, Stage
@@ -49,7 +51,8 @@ from sonoshot.logs import configure_logging
 from sonoshot.model import load_detector
 from sonoshot.model.batching import SharedScorer
 from sonoshot.model.runtime import apply_threads
-from sonoshot.objects import ObjectStore, open_object_store
+from sonoshot.objects import Kind, ObjectStore, open_object_store
+from sonoshot.objects.folder import FolderStore
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +163,7 @@ class Service:
         self.scorer = SharedScorer(config.workers.batch_wait_s) if config.workers.count > 1 and self.plan.detect \
             else None
         self.stages = self._stages()
+        self.ahead = self._ahead()
         self.carrier: Carrier | None = None
         self.probes = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self.uploader = Uploader(self.store, self.spool, self.objects, self.node, config.objects.upload_retry_max_s) \
@@ -181,6 +185,19 @@ class Service:
         if self.plan.deliver:
             stages["deliver"] = DeliverStage(config, self.store, self.objects, self.metrics.delivery_failed)
         return stages
+
+    def _ahead(self) -> DeidAhead | None:
+        """De-identification during the quiet period, where the receiver and the stage share this
+        process and the spool is the originals store (see sonoshot.daemon.ahead)."""
+        stage = self.stages.get("deid")
+        if not (self.config.deid.ahead and self.plan.receiver and isinstance(stage, DeidStage)) or self.cluster:
+            return None
+        if not isinstance(self.objects, FolderStore) or \
+                self.objects.roots[Kind.ORIGINALS].resolve() != self.spool.root.resolve():
+            return None
+        stage.ahead = DeidAhead(self.spool.root, Path(self.config.storage.work_dir) / AHEAD_FOLDER, stage.plan_ahead,
+                                self.key, WORKER_NICE)
+        return stage.ahead
 
     def _periodic(self) -> list[Periodic]:
         config = self.config
@@ -223,6 +240,8 @@ class Service:
             self.probes.add_job(probe.probe, "interval", seconds=config.http.echo_interval_s,
                                 id=f"echo-{probe.destination.name}", next_run_time=datetime.now(timezone.utc))
         self.probes.start()
+        if self.ahead is not None:
+            self.ahead.start()
         if self.uploader is not None:
             thread = threading.Thread(target=self.uploader.run, args=[self.stopping], name="uploader", daemon=True)
             thread.start()
@@ -232,7 +251,8 @@ class Service:
                                 functools.partial(patient_pseudonym, self.key), self.metrics.instance_received,
                                 count_refusal=self.metrics.connection_refused,
                                 node=self.node if self.cluster else None,
-                                on_stored=self.uploader.stored if self.uploader else None)
+                                on_stored=self.uploader.stored if self.uploader else
+                                self.ahead.stored if self.ahead else None)
             self.server = start_scp(config.network, receiver)
             self.metrics.pending_connections.set_function(self.server.gate.pending)
         if config.http.enabled:
@@ -351,6 +371,8 @@ class Service:
             thread.join(timeout=120)
         if self.carrier is not None:
             self.carrier.stop()
+        if self.ahead is not None:  # after the carrier: the studies in hand may take outcomes from it
+            self.ahead.stop()
         if self.scorer is not None:
             self.scorer.close()
         if self.probes.running:

@@ -30,6 +30,7 @@ from pathlib import Path
 from pydicom import Dataset, dcmread
 
 from sonoshot.config import Config
+from sonoshot.daemon.ahead import DeidAhead
 from sonoshot.daemon.reporting import (Excluded, ScoredInstance, deid_reason, report_not_analysed, report_scored,
                                        split_by_scope)
 from sonoshot.daemon.routing import route
@@ -116,6 +117,24 @@ class DeidStage:
         # The embedded work folder is the work store itself: de-identify straight into it.
         self.in_place = isinstance(objects, FolderStore) and \
             objects.roots[Kind.WORK].resolve() == self.work_root.resolve()
+        self.ahead: DeidAhead | None = None  # in one process with the receiver: see sonoshot.daemon.ahead
+
+    def policy(self) -> DeidPolicy:
+        return DeidPolicy.from_config(self.config.deid)
+
+    def plan_ahead(self, relative: str, header: Dataset) -> DeidPolicy | None:
+        """The policy to de-identify a received instance with ahead of its study's completion, or None
+        when the stage would not de-identify it: its study is not receiving, routes to ignore, or
+        the instance lies outside the detector's scope."""
+        study = self.store.study(relative.split("/", 1)[0])
+        if study is None or study.state is not StudyState.RECEIVING:
+            return None
+        if route(header, study.calling_ae_title, study.called_ae_title, self.config.routing.rules).action == "ignore":
+            return None
+        detector = self.detectors.get()
+        if detector is not None and detector.scope_problem(header) is not None:
+            return None
+        return self.policy()
 
     def run(self, study: StudyRef) -> None:
         try:
@@ -150,8 +169,11 @@ class DeidStage:
             started = time.perf_counter()
             log.info("study %s: de-identifying %d instance(s) (generation %d, attempt %d)",
                      study.study_instance_uid, len(in_scope), study.generation, study.lease)
-            records, quarantined = self._deidentify(study, in_scope, originals)
+            records, quarantined, ahead = self._deidentify(study, in_scope, originals)
         seconds = time.perf_counter() - started
+        if ahead:
+            log.info("study %s: %d of %d instance(s) were de-identified ahead, during the quiet period",
+                     study.study_instance_uid, ahead, len(in_scope))
         records += [DeidRecord(e.original.sop_instance_uid, OUT_OF_SCOPE, reason=e.detail, code=e.reason.value)
                     for e in excluded]
         excluded += quarantined
@@ -169,19 +191,25 @@ class DeidStage:
                                                               study.lease))
 
     def _deidentify(self, study: StudyRef, instances: list[InstanceRef], originals: dict[str, Path]
-                    ) -> tuple[list[DeidRecord], list[Excluded]]:
+                    ) -> tuple[list[DeidRecord], list[Excluded], int]:
+        """De-identify ``instances`` into the claim's work prefix; the records, the quarantined and
+        how many outcomes came from :attr:`ahead`."""
         prefix = work_prefix(study.study_instance_uid, study.generation, study.lease)
         if self.in_place:  # the claim's own folder of the work store
             out_dir = self.work_root / prefix
         else:  # a scratch folder of this claim, uploaded from
             self.work_root.mkdir(parents=True, exist_ok=True, mode=0o700)
             out_dir = Path(tempfile.mkdtemp(prefix=f".deid-{study.study_instance_uid}-", dir=self.work_root))
-        policy = DeidPolicy.from_config(self.config.deid)
+        policy = self.policy()
         records, quarantined = [], []
+        ahead = 0
         try:
             for instance in instances:
+                source = originals[instance.sop_instance_uid]
+                outcome = self.ahead.take(instance.path, source, policy, self.key, out_dir) if self.ahead else None
+                ahead += outcome is not None
                 try:
-                    outcome = deidentify_file(originals[instance.sop_instance_uid], out_dir, policy, self.key)
+                    outcome = outcome or deidentify_file(source, out_dir, policy, self.key)
                 except Exception as exc:  # one instance must not fail the study: it is quarantined
                     outcome = DeidOutcome.internal_error(exc)
                 if outcome.ok and outcome.output is not None:
@@ -198,7 +226,7 @@ class DeidStage:
         finally:
             if not self.in_place:
                 shutil.rmtree(out_dir, ignore_errors=True)
-        return records, quarantined
+        return records, quarantined, ahead
 
     def _quarantine_report(self, study: StudyRef, instance: InstanceRef, report: dict) -> None:
         """Leave the de-identifier's PHI-free report where an admin looks for quarantined instances;
