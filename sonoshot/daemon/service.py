@@ -24,8 +24,8 @@ import signal
 import socket
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pydicom
 from apscheduler.schedulers.background import BackgroundScheduler

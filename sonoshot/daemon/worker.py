@@ -120,6 +120,7 @@ class DeidStage:
         self.ahead: DeidAhead | None = None  # in one process with the receiver: see sonoshot.daemon.ahead
 
     def policy(self) -> DeidPolicy:
+        """The de-identification policy of the configuration now."""
         return DeidPolicy.from_config(self.config.deid)
 
     def plan_ahead(self, relative: str, header: Dataset) -> DeidPolicy | None:
