@@ -156,3 +156,18 @@ def test_large_instances_are_left_to_the_stage(started, spool, tmp_path, monkeyp
     wait_for(lambda: ahead._running is None, timeout=10, what="the thread to go idle")
     assert planner.calls == []  # not even its header was read
     assert ahead.take("1.2/3.4/0.dcm", spool / "1.2/3.4/0.dcm", POLICY, KEY, tmp_path / "claim") is None
+
+
+def test_nothing_starts_while_the_pool_runs_a_stage(spool, tmp_path):
+    busy = [True]
+    planner = Planner()
+    ahead = DeidAhead(spool, tmp_path / "work" / ".ahead", planner, KEY, pool_busy=lambda: busy[0])
+    ahead.start()
+    try:
+        ahead.stored("1.2/3.4/0.dcm")
+        time.sleep(ahead_module.SETTLE_S * 5)
+        assert planner.calls == []  # idle time only
+        busy[0] = False
+        wait_for(lambda: planner.calls, timeout=10, what="work once the pool is idle")
+    finally:
+        ahead.stop()

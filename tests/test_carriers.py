@@ -313,3 +313,23 @@ def test_in_process_a_periodic_job_also_runs_when_its_work_is_due(tmp_path):
         store.dispose()
     assert runs[1] - started == pytest.approx(1.0, abs=0.4)  # not 30 s later
     assert len(runs) == 2 and not dues  # the past due time added no run
+
+
+def test_in_process_the_carrier_tells_when_a_stage_runs(tmp_path):
+    """De-identification ahead (sonoshot.daemon.ahead) works only while the pool is idle."""
+    site = Site("in-process", f"sqlite:///{tmp_path / 'sonoshot.db'}", tmp_path / "spool")
+    try:
+        site.recorder.hold = threading.Event()
+        site.start()
+        ((carrier, _store),) = site.carriers
+        assert not carrier.busy()
+        uid = _uid()
+        site.receive(uid)
+        site.store.complete_quiet_studies(0, 3600)
+        wait_for(lambda: site.recorder.count("deid")[uid], timeout=30, what="the stage to start")
+        assert carrier.busy()
+        site.recorder.hold.set()
+        _delivered(site, [uid])
+        wait_for(lambda: not carrier.busy(), timeout=10, what="the pool to go idle")
+    finally:
+        site.stop()

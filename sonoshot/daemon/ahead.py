@@ -5,7 +5,8 @@ De-identification ahead of completion (one process: receiver and de-identificati
 study is de-identified only once it is complete, but each of its instances is final as soon as it
 is stored: spool files never change. While a study waits out its quiet period the pool is idle,
 so :class:`DeidAhead` de-identifies each instance received then, on one thread at the workers'
-priority, once no instance has arrived for :data:`SETTLE_S` (a stream of instances is not slowed).
+priority, once no instance has arrived for :data:`SETTLE_S` (a stream of instances is not slowed)
+and while no pool thread runs a stage (it uses idle time only: a busy pool does the work later).
 The de-identification stage takes an outcome when it still holds (the same file, policy and key)
 and does the work itself otherwise. The work is the same function with the same checks and the
 same verification from disk; only its moment changes, and the stage still decides the study.
@@ -70,11 +71,14 @@ class DeidAhead:
 
     ``spool_root``: the spool (instances by spool path); ``folder``: a private folder on the work
     store's file system (emptied at start and stop); ``plan``: the policy for an instance, or None
-    to leave it to the stage; ``nice``: the thread's CPU priority increment (Linux).
+    to leave it to the stage; ``pool_busy``: whether a pool thread runs a stage now; ``nice``: the
+    thread's CPU priority increment (Linux).
     """
 
-    def __init__(self, spool_root: Path, folder: Path, plan: Planner, key: bytes, nice: int = 0) -> None:
+    def __init__(self, spool_root: Path, folder: Path, plan: Planner, key: bytes,
+                 pool_busy: Callable[[], bool] = lambda: False, nice: int = 0) -> None:
         self.spool_root, self.folder, self.plan, self.key, self.nice = spool_root, folder, plan, key, nice
+        self.pool_busy = pool_busy
         self._changed = threading.Condition()
         self._waiting: collections.deque[str] = collections.deque(maxlen=LIMIT)
         self._done: dict[str, _Done] = {}
@@ -139,8 +143,10 @@ class DeidAhead:
             while not self._stopping:
                 settle = self._last_stored + SETTLE_S - time.monotonic()
                 if self._waiting and settle <= 0:
-                    self._running = self._waiting.popleft()
-                    return self._running
+                    if not self.pool_busy():
+                        self._running = self._waiting.popleft()
+                        return self._running
+                    settle = SETTLE_S  # look again then (the pool does not say when it is done)
                 self._changed.wait(settle if self._waiting else None)
             return None
 

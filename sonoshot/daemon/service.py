@@ -196,8 +196,11 @@ class Service:
                 self.objects.roots[Kind.ORIGINALS].resolve() != self.spool.root.resolve():
             return None
         stage.ahead = DeidAhead(self.spool.root, Path(self.config.storage.work_dir) / AHEAD_FOLDER, stage.plan_ahead,
-                                self.key, WORKER_NICE)
+                                self.key, self._pool_busy, WORKER_NICE)
         return stage.ahead
+
+    def _pool_busy(self) -> bool:
+        return isinstance(self.carrier, InProcessCarrier) and self.carrier.busy()
 
     def _periodic(self) -> list[Periodic]:
         config = self.config

@@ -136,6 +136,8 @@ class InProcessCarrier:
         self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
+        self._in_hand = 0
+        self._in_hand_lock = threading.Lock()
 
     def start(self) -> None:
         for job in self.periodic:
@@ -199,9 +201,19 @@ class InProcessCarrier:
                 continue
             claimed = self.store.claim_study(*STAGE_STATES[stage], look_first=not woken)
             if claimed is not None:
-                self.stages[stage].run(claimed)
+                with self._in_hand_lock:
+                    self._in_hand += 1
+                try:
+                    self.stages[stage].run(claimed)
+                finally:
+                    with self._in_hand_lock:
+                        self._in_hand -= 1
                 return True
         return False
+
+    def busy(self) -> bool:
+        """Whether a pool thread is running a stage now."""
+        return self._in_hand > 0
 
     def deliver_due(self, destination: str) -> int:
         """Claim and send every due delivery of ``destination``; returns how many were claimed."""
