@@ -29,6 +29,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from sonoshot.daemon.stages import lower_priority
 from sonoshot.dicom_io.deid import DeidOutcome, DeidPolicy, deidentify_file
 
 log = logging.getLogger(__name__)
@@ -151,9 +152,7 @@ class DeidAhead:
             return None
 
     def _loop(self) -> None:
-        if self.nice:
-            with contextlib.suppress(OSError):  # not permitted: run at the receiver's priority
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+        lower_priority(self.nice, "de-identification ahead")
         while (relative := self._next()) is not None:
             try:
                 done = self._deidentify(relative)

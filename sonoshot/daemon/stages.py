@@ -66,6 +66,18 @@ class Carrier(Protocol):
     def stop(self) -> None: ...
 
 
+def lower_priority(nice: int, what: str) -> None:
+    """Lower the calling thread's CPU priority by ``nice`` (Linux: this thread only, and the
+    threads and processes it starts); where that is not permitted (a seccomp filter, say) it
+    runs at the receiver's priority and ``what`` is named in a warning."""
+    if not nice:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError as exc:
+        log.warning("%s run at the receiver's priority: %s", what, exc.strerror)
+
+
 @dataclass(frozen=True)
 class Periodic:
     """A job every ``interval_s`` seconds, run once per period by whichever node's turn it is.
@@ -226,11 +238,7 @@ class InProcessCarrier:
         return claimed
 
     def _loop(self) -> None:
-        if self.nice:
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)  # this thread only (Linux)
-            except OSError as exc:  # not permitted by a seccomp filter, say: run at the receiver's priority
-                log.warning("study workers run at the receiver's priority: %s", exc.strerror)
+        lower_priority(self.nice, "study workers")
         woken = True
         while not self.stopping.is_set():
             try:
@@ -239,9 +247,8 @@ class InProcessCarrier:
                 log.exception("worker error")
                 busy = False
             self._wake_senders()  # the stage has committed: its deliveries go now, not at the next sweep
-            woken = True
+            woken = busy or self.deferrer.wakeup.wait(self.idle_s)
             if not busy:
-                woken = self.deferrer.wakeup.wait(self.idle_s)
                 self.deferrer.wakeup.clear()
 
     def stop(self, timeout_s: float = 120.0) -> None:

@@ -151,6 +151,6 @@ class WakeDeferrer:
         """The destinations that this thread deferred deliveries to since its last call. Called by a
         pool thread once its stage has returned, so every transaction that deferred them has ended;
         another thread's, still open, cannot send a sender to look before its commit."""
-        taken = set(self._destinations())
-        self._destinations().clear()
+        taken = self._destinations()
+        self._noted.destinations = set()
         return taken

@@ -119,7 +119,6 @@ class Spool:
         self.fsync = fsync
         self.incoming = self.root / INCOMING
         self.incoming.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._incoming = str(self.incoming)
         self.folders = FolderSync()
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
@@ -144,7 +143,7 @@ class Spool:
         """Write ``chunks`` (one after another) durably at ``relative``; returns the bytes written."""
         target = os.path.join(self._root, relative)
         self._folder_for(target)
-        fd, tmp = tempfile.mkstemp(dir=self._incoming, suffix=".part")
+        fd, tmp = tempfile.mkstemp(dir=self.incoming, suffix=".part")
         size = sum(memoryview(chunk).nbytes for chunk in chunks)
         try:
             try:
