@@ -349,7 +349,7 @@ def while_scoring(args: argparse.Namespace, files: list[Path], megabytes: float,
     for rep in range(args.repeat):
         for name, env_extra in variants.items():
             work = Path(tempfile.mkdtemp(dir=tmp, prefix="run-"))
-            config = sonoshot_config(work, True, completion={"quiet_period_s": 0.3, "sweep_interval_s": 0.1},
+            config = sonoshot_config(work, True, completion={"quiet_period_s": 0.3},
                                      detector={"bundle": str(bundle)}, routing=routing)
             env = {**os.environ, **(env_extra or {})}
             process, port, log = start_sonoshot(config, env)

@@ -4,9 +4,10 @@
 De-identification ahead of completion (one process: receiver and de-identification stage). A
 study is de-identified only once it is complete, but each of its instances is final as soon as it
 is stored: spool files never change. While a study waits out its quiet period the pool is idle,
-so :class:`DeidAhead` de-identifies each instance received then, on one thread at the workers'
-priority, once no instance has arrived for :data:`SETTLE_S` (a stream of instances is not slowed)
-and while no pool thread runs a stage (it uses idle time only: a busy pool does the work later).
+so :class:`DeidAhead` de-identifies each instance received then (in the stage's helper processes,
+:mod:`sonoshot.daemon.isolation`, at the workers' priority), once no instance has arrived for
+:data:`SETTLE_S` (a stream of instances is not slowed) and while no pool thread runs a stage (it
+uses idle time only: a busy pool does the work later).
 The de-identification stage takes an outcome when it still holds (the same file, policy and key)
 and does the work itself otherwise. The work is the same function with the same checks and the
 same verification from disk; only its moment changes, and the stage still decides the study.
@@ -48,6 +49,9 @@ MAX_BYTES = 256 * 2**20
 #: end with the process (the next start empties the folder).
 STOP_WAIT_S = 2.0
 
+#: De-identifies one instance: :func:`~sonoshot.dicom_io.deid.deidentify_file`'s signature (the
+#: daemon's :meth:`~sonoshot.daemon.isolation.DeidHelpers.deidentify` runs it in a helper process).
+Deidentifier = Callable[[Path, Path, DeidPolicy, bytes], DeidOutcome]
 #: ``(policy or None)`` for an instance (its spool path and header): None when it is not worth
 #: de-identifying ahead (routed to ignore, outside the detector's scope).
 Planner = Callable[[str, Dataset], DeidPolicy | None]
@@ -73,13 +77,15 @@ class DeidAhead:
     ``spool_root``: the spool (instances by spool path); ``folder``: a private folder on the work
     store's file system (emptied at start and stop); ``plan``: the policy for an instance, or None
     to leave it to the stage; ``pool_busy``: whether a pool thread runs a stage now; ``nice``: the
-    thread's CPU priority increment (Linux).
+    thread's CPU priority increment (Linux); ``deidentify``: what de-identifies an instance.
     """
 
     def __init__(self, spool_root: Path, folder: Path, plan: Planner, key: bytes,
-                 pool_busy: Callable[[], bool] = lambda: False, nice: int = 0) -> None:
+                 pool_busy: Callable[[], bool] = lambda: False, nice: int = 0,
+                 deidentify: Deidentifier = deidentify_file) -> None:
         self.spool_root, self.folder, self.plan, self.key, self.nice = spool_root, folder, plan, key, nice
         self.pool_busy = pool_busy
+        self.deidentify = deidentify
         self._changed = threading.Condition()
         self._waiting: collections.deque[str] = collections.deque(maxlen=LIMIT)
         self._done: dict[str, _Done] = {}
@@ -109,9 +115,11 @@ class DeidAhead:
     def stored(self, relative: str) -> None:
         """The receiver stored a new instance at spool path ``relative`` (its row is committed)."""
         with self._changed:
+            idle = not self._waiting  # else the thread already waits out the settling time, and rereads it
             self._waiting.append(relative)
             self._last_stored = time.monotonic()
-            self._changed.notify_all()
+            if idle:
+                self._changed.notify_all()
 
     def take(self, relative: str, source: Path, policy: DeidPolicy, key: bytes, out_dir: Path) -> DeidOutcome | None:
         """The outcome of de-identifying ``source`` (spool path ``relative``) with ``policy`` and
@@ -155,7 +163,7 @@ class DeidAhead:
         lower_priority(self.nice, "de-identification ahead")
         while (relative := self._next()) is not None:
             try:
-                done = self._deidentify(relative)
+                done = self._deidentify_ahead(relative)
             except Exception:  # a bug here must not stop the thread: the stage does the work
                 log.exception("de-identification ahead failed; the stage will de-identify the instance")
                 done = None
@@ -167,7 +175,7 @@ class DeidAhead:
                         shutil.rmtree(self._done.pop(next(iter(self._done))).folder, ignore_errors=True)
                 self._changed.notify_all()
 
-    def _deidentify(self, relative: str) -> _Done | None:
+    def _deidentify_ahead(self, relative: str) -> _Done | None:
         source = self.spool_root / relative
         try:
             stamp = _stamp(source)
@@ -181,7 +189,7 @@ class DeidAhead:
             return None
         folder = Path(tempfile.mkdtemp(dir=self.folder))
         try:
-            outcome = deidentify_file(source, folder, policy, self.key)
+            outcome = self.deidentify(source, folder, policy, self.key)
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise

@@ -36,6 +36,7 @@ from sonoshot.config import Config, ConfigError, load_config
 from sonoshot.daemon import ROLES, http, jobs, retention
 from sonoshot.daemon.ahead import AHEAD_FOLDER, DeidAhead
 from sonoshot.daemon.delivery import DeliverStage, DestinationEcho
+from sonoshot.daemon.isolation import DeidHelpers
 from sonoshot.daemon.metrics import Metrics
 from sonoshot.daemon.stages import WORKER_NICE, Carrier, InProcessCarrier, Periodic, Stage
 from sonoshot.daemon.uploader import Uploader
@@ -44,7 +45,7 @@ from sonoshot.daemon.worker import DeidStage, DetectorSlot, DetectStage
 from sonoshot.db.lifecycle import StudyState
 from sonoshot.db.store import Store
 from sonoshot.db.work import ARCHIVE_DETECT_QUEUE, ARCHIVE_QUEUE, WakeDeferrer, delivery_queue
-from sonoshot.dicom_io.deid import DeidKeyError, load_key, ocr, patient_pseudonym
+from sonoshot.dicom_io.deid import DeidKeyError, DeidPolicy, load_key, ocr, patient_pseudonym
 from sonoshot.dicom_io.receive import Receiver, start_scp
 from sonoshot.dicom_io.spool import Spool
 from sonoshot.logs import configure_logging
@@ -162,6 +163,10 @@ class Service:
         # one scoring thread shared by the workers, so their studies share the backbone's batches
         self.scorer = SharedScorer(config.workers.batch_wait_s) if config.workers.count > 1 and self.plan.detect \
             else None
+        # de-identification in helper processes: off the receiver's interpreter lock, and a decoder
+        # that crashes takes down its helper only (see sonoshot.daemon.isolation)
+        self.deid_helpers = DeidHelpers(config.workers.count, WORKER_NICE if self.plan.receiver else 0,
+                                        DeidPolicy.from_config(config.deid).text_threads) if self.plan.deid else None
         self.stages = self._stages()
         self.ahead = self._ahead()
         self.carrier: Carrier | None = None
@@ -178,7 +183,9 @@ class Service:
         config = self.config
         stages: dict[str, Stage] = {}
         if self.plan.deid:
-            stages["deid"] = DeidStage(config, self.store, self.objects, self.key, self.detectors)
+            assert self.deid_helpers is not None
+            stages["deid"] = DeidStage(config, self.store, self.objects, self.key, self.detectors,
+                                       self.deid_helpers.deidentify)
         if self.plan.detect:
             stages["detect"] = DetectStage(config, self.store, self.objects, self.detectors,
                                            self.metrics.observe_stage, self.scorer)
@@ -196,7 +203,7 @@ class Service:
                 self.objects.roots[Kind.ORIGINALS].resolve() != self.spool.root.resolve():
             return None
         stage.ahead = DeidAhead(self.spool.root, Path(self.config.storage.work_dir) / AHEAD_FOLDER, stage.plan_ahead,
-                                self.key, self._pool_busy, WORKER_NICE)
+                                self.key, self._pool_busy, WORKER_NICE, stage.deidentify)
         return stage.ahead
 
     def _pool_busy(self) -> bool:
@@ -236,6 +243,8 @@ class Service:
         if self.plan.deid or self.plan.detect:  # de-identification checks each instance against its scope
             log.info("torch: %d intra-op threads", apply_threads(config.detector.threads))
             self.load_detector()
+        if self.deid_helpers is not None:
+            self.deid_helpers.start()
         self._start_carrier()
         echoes = [DestinationEcho(d, config.network.ae_title, config.http.echo_interval_s)
                   for d in config.delivery.destinations if d.name in self.plan.destinations(config)]
@@ -376,6 +385,8 @@ class Service:
             self.carrier.stop()
         if self.ahead is not None:  # after the carrier: the studies in hand may take outcomes from it
             self.ahead.stop()
+        if self.deid_helpers is not None:
+            self.deid_helpers.close()
         if self.scorer is not None:
             self.scorer.close()
         if self.probes.running:

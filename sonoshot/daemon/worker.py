@@ -30,7 +30,7 @@ from pathlib import Path
 from pydicom import Dataset, dcmread
 
 from sonoshot.config import Config
-from sonoshot.daemon.ahead import DeidAhead
+from sonoshot.daemon.ahead import DeidAhead, Deidentifier
 from sonoshot.daemon.reporting import (Excluded, ScoredInstance, deid_reason, report_not_analysed, report_scored,
                                        split_by_scope)
 from sonoshot.daemon.routing import route
@@ -101,13 +101,14 @@ def fail(config: Config, store: Store, objects: ObjectStore, study: StudyRef, de
 
 class DeidStage:
     """Routes a claimed study (``processing``), leaves out what lies outside the detector's scope
-    and de-identifies the rest into the work store."""
+    and de-identifies the rest into the work store (each instance through ``deidentify``)."""
 
     name = "deid"
 
     def __init__(self, config: Config, store: Store, objects: ObjectStore, key: bytes,
-                 detectors: DetectorSlot) -> None:
+                 detectors: DetectorSlot, deidentify: Deidentifier = deidentify_file) -> None:
         self.config = config
+        self.deidentify = deidentify
         self.store = store
         self.objects = objects
         self.key = key
@@ -210,7 +211,7 @@ class DeidStage:
                 outcome = self.ahead.take(instance.path, source, policy, self.key, out_dir) if self.ahead else None
                 ahead += outcome is not None
                 try:
-                    outcome = outcome or deidentify_file(source, out_dir, policy, self.key)
+                    outcome = outcome or self.deidentify(source, out_dir, policy, self.key)
                 except Exception as exc:  # one instance must not fail the study: it is quarantined
                     outcome = DeidOutcome.internal_error(exc)
                 if outcome.ok and outcome.output is not None:

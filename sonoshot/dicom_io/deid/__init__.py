@@ -39,6 +39,7 @@ from .verify import PixelWitness, Verdict, check_header, check_ocr, check_pixels
 
 __all__ = [
     "EDITION",
+    "PARTIAL_SUFFIX",
     "DeidKeyError",
     "DeidOutcome",
     "DeidPolicy",
@@ -173,6 +174,11 @@ def _read_frames(frames: list[np.ndarray], sample: list[int], phi: PhiStrings, p
         check_text(frames, sample, text_detector(policy.text_threads), verdict)
 
 
+#: An output being written and verified is ``.<keyed SOP Instance UID>`` with this suffix in
+#: ``out_dir``; it is renamed or removed before :func:`deidentify_file` returns.
+PARTIAL_SUFFIX = ".partial"
+
+
 def deidentify_file(src: Path, out_dir: Path, policy: DeidPolicy, key: bytes) -> DeidOutcome:
     """De-identify one instance into ``out_dir`` as ``<keyed SOP Instance UID>.dcm``.
 
@@ -249,7 +255,7 @@ def _clean_and_verify(source: Dataset, out: Dataset, phi: PhiStrings, out_dir: P
         _little_endian(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{uid}.dcm"
-    partial = out_dir / f".{uid}.partial"
+    partial = out_dir / f".{uid}{PARTIAL_SUFFIX}"
     try:
         out.save_as(partial, enforce_file_format=True)
         del out
