@@ -27,8 +27,9 @@ shows the median over repetitions and the ratio to storescp. Targets (issue 13):
 ``--while-scoring`` instead compares sonoshot's ingest while its worker scores studies (a
 detector fitted here by tests/daemon.py ``fit_demo_bundle``, 30-frame cines de-identified with
 OCR and scored) with its ingest while idle, same daemon configuration, same run; scoring runs
-with torch's default threads and with ``OMP_NUM_THREADS=1`` (until ``detector.threads``
-exists). Target: >= 0.8x of idle.
+with the daemon's default threads (``detector.threads = 0``: a core left to the receiver on a
+small machine) and with ``OMP_NUM_THREADS=1`` in its environment (every OpenMP pool at one
+thread, not only torch's). Target: >= 0.8x of idle.
 
 Run from a checkout: ``.venv/bin/python bench/ingest.py [--count 300] [--repeat 3] [--senders 4]
 [--while-scoring]``. Source files: pydicom's ``examples_ybr_color.dcm`` and the shared ultrasound

@@ -77,8 +77,19 @@ class DeidHelpers:
         self._pool: ProcessPoolExecutor | None = None
 
     def start(self) -> None:
-        """Start the helpers and wait until one is ready (the cost is paid here, not by a study)."""
-        self._current().submit(_ready).result()
+        """Start the helpers and wait until one is ready (the cost is paid here, not by a study).
+
+        Raises
+        ------
+        RuntimeError
+            If no helper starts.
+        """
+        try:
+            self._current().submit(_ready).result()
+        except BrokenProcessPool as exc:
+            raise RuntimeError("the de-identification helper processes did not start (a program that starts "
+                               "the daemon in its own process needs `if __name__ == '__main__':` around it, as "
+                               "for any multiprocessing 'spawn' program)") from exc
 
     def deidentify(self, src: Path, out_dir: Path, policy: DeidPolicy, key: bytes) -> DeidOutcome:
         """:func:`~sonoshot.dicom_io.deid.deidentify_file` in a helper; the same outcome and
