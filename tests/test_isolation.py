@@ -69,33 +69,31 @@ def test_a_quarantine_in_a_helper_is_the_same_quarantine(helpers, tmp_path):
     assert (outcome.ok, outcome.reason_code, outcome.reason) == (expected.ok, expected.reason_code, expected.reason)
 
 
-def deidentify_in_background(helpers: DeidHelpers, out_dir) -> tuple[threading.Thread, list]:
+def kill_the_helper_mid_instance(helpers: DeidHelpers, out_dir) -> tuple[threading.Thread, list, int]:
+    """Start a long instance in the background and SIGKILL its helper a second into it."""
+    (helper,) = helper_pids()
     outcome: list = []
     thread = threading.Thread(target=lambda: outcome.append(helpers.deidentify(pydicom_file(LONG), out_dir,
                                                                                DeidPolicy(), KEY)))
     thread.start()
-    return thread, outcome
+    time.sleep(1.0)
+    os.kill(helper, signal.SIGKILL)
+    return thread, outcome, helper
 
 
 @pytest.mark.slow
 def test_a_helper_killed_during_an_instance_is_replaced_and_the_instance_done(helpers, tmp_path):
-    (first,) = helper_pids()
-    thread, outcome = deidentify_in_background(helpers, tmp_path / "out")
-    time.sleep(1.0)
-    os.kill(first, signal.SIGKILL)
+    thread, outcome, killed = kill_the_helper_mid_instance(helpers, tmp_path / "out")
     thread.join(120)
     assert outcome[0].ok, outcome[0].reason
     assert [p.name for p in (tmp_path / "out").iterdir()] == [outcome[0].output.name]
-    assert first not in helper_pids()
+    assert killed not in helper_pids()
 
 
 @pytest.mark.slow
 def test_an_instance_that_ends_its_helper_twice_is_quarantined_and_the_next_one_done(helpers, tmp_path):
-    (first,) = helper_pids()
-    thread, outcome = deidentify_in_background(helpers, tmp_path / "out")
-    time.sleep(1.0)
-    os.kill(first, signal.SIGKILL)
-    kill_when_started({first})
+    thread, outcome, killed = kill_the_helper_mid_instance(helpers, tmp_path / "out")
+    kill_when_started({killed})
     thread.join(120)
     (quarantined,) = outcome
     assert not quarantined.ok and quarantined.output is None
