@@ -30,7 +30,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from sonoshot.daemon.stages import lower_priority
+from sonoshot.host import lower_priority
 from sonoshot.dicom_io.deid import DeidOutcome, DeidPolicy, deidentify_file
 
 log = logging.getLogger(__name__)

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-import pydicom.config
-
+from sonoshot.host import lower_priority
+from sonoshot.dicom_io import read_as_received
 from sonoshot.dicom_io.deid import PARTIAL_SUFFIX, DeidOutcome, DeidPolicy, deidentify_file
 from sonoshot.dicom_io.deid.textdetect import TextDetectorUnavailableError, text_detector
 
@@ -36,23 +35,19 @@ log = logging.getLogger(__name__)
 
 
 def _start_helper(nice: int, text_threads: int) -> None:
-    """A helper's start: its priority, the daemon's reading mode, and the text detector loaded
-    before its first instance (if the model cannot be loaded, each instance says so)."""
-    if nice:
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
-        except OSError:
-            pass  # a seccomp filter, say: the helper runs at the daemon's priority
-    # Stored exactly as received; pydicom's warnings about invalid values would quote them.
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    """A helper's start: its priority (inherited by the threads and processes it starts), the
+    daemon's reading mode, and the text detector loaded before its first instance (if the model
+    cannot be loaded, each instance says so)."""
+    lower_priority(nice, "de-identification helpers")
+    read_as_received()
     try:
         text_detector(text_threads)
     except TextDetectorUnavailableError:
         pass
 
 
-def _ready() -> int:
-    return os.getpid()
+def _ready() -> None:
+    """A task that returns once a helper has started."""
 
 
 class DeidHelpers:

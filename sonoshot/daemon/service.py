@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pydicom
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 from pynetdicom import _config as pynetdicom_config
@@ -45,6 +44,7 @@ from sonoshot.daemon.worker import DeidStage, DetectorSlot, DetectStage
 from sonoshot.db.lifecycle import StudyState
 from sonoshot.db.store import Store
 from sonoshot.db.work import ARCHIVE_DETECT_QUEUE, ARCHIVE_QUEUE, WakeDeferrer, delivery_queue
+from sonoshot.dicom_io import read_as_received
 from sonoshot.dicom_io.deid import DeidKeyError, DeidPolicy, load_key, ocr, patient_pseudonym
 from sonoshot.dicom_io.receive import Receiver, start_scp
 from sonoshot.dicom_io.spool import Spool
@@ -222,8 +222,7 @@ class Service:
         ]
 
     def start(self) -> None:
-        # Stored exactly as received: devices write invalid values, which must not stop us reading.
-        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        read_as_received()
         # pynetdicom's "standard" handlers format every PDU and DIMSE message for its debug log, on
         # the receiving threads; sonoshot logs associations and refusals itself.
         pynetdicom_config.LOG_HANDLER_LEVEL = "none"

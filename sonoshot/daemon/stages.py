@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sonoshot.db.lifecycle import STAGE_STATES
 from sonoshot.db.store import DeliveryRef, Store, StudyRef
 from sonoshot.db.work import Job, WakeDeferrer
+from sonoshot.host import lower_priority
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +64,6 @@ class Carrier(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
-
-
-def lower_priority(nice: int, what: str) -> None:
-    """Lower the calling thread's CPU priority by ``nice`` (Linux: this thread only, and the
-    threads and processes it starts); where that is not permitted (a seccomp filter, say) it
-    runs at the receiver's priority and ``what`` is named in a warning."""
-    if not nice:
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-    except OSError as exc:
-        log.warning("%s run at the receiver's priority: %s", what, exc.strerror)
 
 
 @dataclass(frozen=True)
