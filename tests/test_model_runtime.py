@@ -4,6 +4,7 @@ record their precision, and scoring many images (of one study or of several) in 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -17,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import torch
 from pydicom.uid import generate_uid
 
 from sonoshot.cli import main
 from sonoshot.config import ConfigError, DetectorConfig, parse_config
 from sonoshot.model import Detector, create_backbone, fit_detector, load_detector, save_bundle
+from sonoshot.model.backbones import EfficientNetLite0, fold_batch_norms, prepare_image
 from sonoshot.model.batching import SharedScorer
 from sonoshot.model.evaluate import read_manifest
 from sonoshot.model.inputs import InputImage, dataset_frames, read_input
@@ -86,6 +89,30 @@ def test_precision_resolution() -> None:
         resolve_precision("fp16", "cpu")
     with pytest.raises(ValueError, match='"precision"'):
         resolve_precision("int8")
+
+
+def test_folded_batch_norms_change_nothing_but_the_operators(busi: Path) -> None:
+    """The fp32 EfficientNet-Lite0 runs folded (no BatchNorm left, symmetric padding inside the
+    convolutions); bf16 keeps the network as trained; folding leaves embeddings and patch
+    features of real BUSI images as they were, within float rounding."""
+    folded, trained = EfficientNetLite0(precision="fp32"), EfficientNetLite0(precision="bf16")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.net.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in trained.net.modules()) == 49
+    pads = sum(isinstance(m, torch.nn.ZeroPad2d) for m in folded.net.modules())
+    assert 0 < pads < sum(isinstance(m, torch.nn.ZeroPad2d) for m in trained.net.modules())
+    net = trained.net  # fp32 forward of the network as trained, then of a folded copy of it
+    examples = read_manifest(busi)
+    batch = torch.stack([prepare_image(read_input(busi / examples[n].file, 1).frames[0], 320)
+                         for n in (0, 140, 300, 369)]).contiguous(memory_format=torch.channels_last)
+    before = trained.forward_features(trained.normalise(batch))
+    trained.net = copy.deepcopy(net)
+    fold_batch_norms(trained.net)
+    after = trained.forward_features(trained.normalise(batch))
+    for old, new in zip(before, after):
+        assert torch.allclose(old, new, atol=2e-5), (old - new).abs().max()
+    assert torch.allclose(folded.forward_features(folded.normalise(batch))[0], before[0], atol=2e-5)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norms(copy.deepcopy(net).train())
 
 
 def test_threads_apply_to_threads_started_later() -> None:
