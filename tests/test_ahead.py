@@ -70,8 +70,10 @@ def test_an_outcome_taken_is_what_the_stage_would_compute(started, spool, tmp_pa
     ahead = started(Planner())
     ahead.stored("1.2/3.4/0.dcm")
     wait_for(lambda: _done(ahead, "1.2/3.4/0.dcm"), timeout=60, what="the instance de-identified ahead")
-    outcome = ahead.take("1.2/3.4/0.dcm", spool / "1.2/3.4/0.dcm", POLICY, KEY, tmp_path / "claim")
-    assert outcome is not None and outcome.ok and outcome.output.parent == tmp_path / "claim"
+    taken = ahead.take("1.2/3.4/0.dcm", spool / "1.2/3.4/0.dcm", POLICY, KEY, tmp_path / "claim")
+    assert taken is not None and taken.seconds > 0
+    outcome = taken.outcome
+    assert outcome.ok and outcome.output.parent == tmp_path / "claim"
     fresh = deidentify_file(spool / "1.2/3.4/0.dcm", tmp_path / "fresh", POLICY, KEY)
     assert outcome.output.read_bytes() == fresh.output.read_bytes()
     assert outcome.output.name == fresh.output.name
@@ -124,8 +126,8 @@ def test_the_stage_waits_for_the_instance_in_hand(started, spool, tmp_path):
     ahead = started(Planner())
     ahead.stored("1.2/3.4/2.dcm")
     wait_for(lambda: ahead._running == "1.2/3.4/2.dcm", timeout=10, interval=0.005, what="the work to start")
-    outcome = ahead.take("1.2/3.4/2.dcm", spool / "1.2/3.4/2.dcm", POLICY, KEY, tmp_path / "claim")
-    assert outcome is not None and outcome.ok and outcome.output.is_file()
+    taken = ahead.take("1.2/3.4/2.dcm", spool / "1.2/3.4/2.dcm", POLICY, KEY, tmp_path / "claim")
+    assert taken is not None and taken.outcome.ok and taken.outcome.output.is_file()
 
 
 def test_what_the_stage_would_not_deidentify_is_left_alone(started, spool, tmp_path):

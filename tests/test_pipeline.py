@@ -69,6 +69,9 @@ def test_orthanc_forwards_and_receives_the_sr(tmp_path, shared_dicom, demo_bundl
         wait_for(lambda: daemon.study_state(study_uid) == "delivered", timeout=30, what="delivered state")
         # Its one instance was de-identified during the quiet period (sonoshot.daemon.ahead).
         assert f"study {study_uid}: 1 of 1 instance(s) were de-identified ahead" in daemon.log()
+        ((timings,),) = daemon.query("select timings from results")
+        timings = json.loads(timings)  # the work done ahead is recorded beside the stage's own time
+        assert timings["deidentify-ahead"] > 0 and timings["deidentify"] > 0
         # The database never saw the patient's identity.
         dump = _dump(daemon)
         for phi in (str(original.PatientName), str(original.PatientID)):

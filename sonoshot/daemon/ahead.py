@@ -68,7 +68,17 @@ class _Done:
     policy: DeidPolicy
     key: bytes
     outcome: DeidOutcome
+    seconds: float  # the de-identification's wall time
     folder: Path  # holds the outcome's output (if any) until it is taken
+
+
+@dataclass(frozen=True)
+class TakenOutcome:
+    """An outcome de-identified ahead, with the seconds its de-identification took then (the
+    stage records them beside its own: ``timings["deidentify-ahead"]``)."""
+
+    outcome: DeidOutcome
+    seconds: float
 
 
 class DeidAhead:
@@ -121,7 +131,7 @@ class DeidAhead:
             if idle:
                 self._changed.notify_all()
 
-    def take(self, relative: str, source: Path, policy: DeidPolicy, key: bytes, out_dir: Path) -> DeidOutcome | None:
+    def take(self, relative: str, source: Path, policy: DeidPolicy, key: bytes, out_dir: Path) -> TakenOutcome | None:
         """The outcome of de-identifying ``source`` (spool path ``relative``) with ``policy`` and
         ``key``, its output moved into ``out_dir``; None when there is none that still holds (the
         caller de-identifies it). Waits for the instance if it is being de-identified now."""
@@ -137,11 +147,11 @@ class DeidAhead:
             if (done.stamp, done.policy, done.key) != (_stamp(source), policy, key):
                 return None
             if done.outcome.output is None:
-                return done.outcome
+                return TakenOutcome(done.outcome, done.seconds)
             out_dir.mkdir(parents=True, exist_ok=True)
             target = out_dir / done.outcome.output.name
             os.replace(done.outcome.output, target)
-            return replace(done.outcome, output=target)
+            return TakenOutcome(replace(done.outcome, output=target), done.seconds)
         except OSError:
             return None
         finally:
@@ -188,9 +198,10 @@ class DeidAhead:
         if policy is None:
             return None
         folder = Path(tempfile.mkdtemp(dir=self.folder))
+        started = time.perf_counter()
         try:
             outcome = self.deidentify(source, folder, policy, self.key)
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return _Done(stamp, policy, self.key, outcome, folder)
+        return _Done(stamp, policy, self.key, outcome, time.perf_counter() - started, folder)

@@ -174,28 +174,28 @@ class DeidStage:
             records, quarantined, ahead = self._deidentify(study, in_scope, originals)
         seconds = time.perf_counter() - started
         if ahead:
-            log.info("study %s: %d of %d instance(s) were de-identified ahead, during the quiet period",
-                     study.study_instance_uid, ahead, len(in_scope))
+            log.info("study %s: %d of %d instance(s) were de-identified ahead, during the quiet period (%.2f s "
+                     "then, %.2f s now)", study.study_instance_uid, len(ahead), len(in_scope), sum(ahead), seconds)
         records += [DeidRecord(e.original.sop_instance_uid, OUT_OF_SCOPE, reason=e.detail, code=e.reason.value)
                     for e in excluded]
         excluded += quarantined
         if not any(r.ok for r in records):
-            if self.store.record_deid(study, records, seconds, rule.name):
+            if self.store.record_deid(study, records, seconds, rule.name, ahead_seconds=sum(ahead)):
                 observe(self.store, study, headers, [], {}, excluded)
                 report_not_analysed(self.config, self.store, self.objects, study, detector, excluded, headers,
                                     StudyState.QUARANTINED,
                                     f"{len(quarantined)} instance(s), none could be de-identified safely")
             return
-        if not self.store.finish_deid(study, records, seconds, rule.name):
+        if not self.store.finish_deid(study, records, seconds, rule.name, ahead_seconds=sum(ahead)):
             log.info("study %s: de-identification dropped, the claim moved on (reopened or taken over)",
                      study.study_instance_uid)
             self.objects.delete_prefix(Kind.WORK, work_prefix(study.study_instance_uid, study.generation,
                                                               study.lease))
 
     def _deidentify(self, study: StudyRef, instances: list[InstanceRef], originals: dict[str, Path]
-                    ) -> tuple[list[DeidRecord], list[Excluded], int]:
+                    ) -> tuple[list[DeidRecord], list[Excluded], list[float]]:
         """De-identify ``instances`` into the claim's work prefix; the records, the quarantined and
-        how many outcomes came from :attr:`ahead`."""
+        the seconds each outcome taken from :attr:`ahead` took there."""
         prefix = work_prefix(study.study_instance_uid, study.generation, study.lease)
         if self.in_place:  # the claim's own folder of the work store
             out_dir = self.work_root / prefix
@@ -204,14 +204,15 @@ class DeidStage:
             out_dir = Path(tempfile.mkdtemp(prefix=f".deid-{study.study_instance_uid}-", dir=self.work_root))
         policy = self.policy()
         records, quarantined = [], []
-        ahead = 0
+        ahead: list[float] = []
         try:
             for instance in instances:
                 source = originals[instance.sop_instance_uid]
-                outcome = self.ahead.take(instance.path, source, policy, self.key, out_dir) if self.ahead else None
-                ahead += outcome is not None
+                taken = self.ahead.take(instance.path, source, policy, self.key, out_dir) if self.ahead else None
+                if taken is not None:
+                    ahead.append(taken.seconds)
                 try:
-                    outcome = outcome or self.deidentify(source, out_dir, policy, self.key)
+                    outcome = taken.outcome if taken else self.deidentify(source, out_dir, policy, self.key)
                 except Exception as exc:  # one instance must not fail the study: it is quarantined
                     outcome = DeidOutcome.internal_error(exc)
                 if outcome.ok and outcome.output is not None:

@@ -517,10 +517,13 @@ class Store:
                 self._defer_due(s.connection(), study, to_state)
             return bool(moved)
 
-    def finish_deid(self, study: StudyRef, outcomes: list[DeidRecord], seconds: float, route_rule: str) -> bool:
+    def finish_deid(self, study: StudyRef, outcomes: list[DeidRecord], seconds: float, route_rule: str,
+                    ahead_seconds: float = 0.0) -> bool:
         """Record each instance's de-identification and move the claimed study to
         ``deidentified`` (deferring its detect job), atomically. Returns False, writing nothing,
-        when the claim is stale (see :meth:`move_study`).
+        when the claim is stale (see :meth:`move_study`). ``seconds``: the stage's time (timings
+        ``deidentify``); ``ahead_seconds``: the de-identification its instances had during the quiet
+        period (``deidentify-ahead``, recorded when not 0).
 
         Raises
         ------
@@ -532,7 +535,7 @@ class Store:
             raise ValueError('Argument "outcomes" has no working copy to detect on.')
         check_move(study.state, StudyState.DEIDENTIFIED)
         with self.session() as s:
-            row = self._record_deid(s, study, outcomes, seconds, route_rule)
+            row = self._record_deid(s, study, outcomes, seconds, route_rule, ahead_seconds)
             if row is None:
                 return False
             row.state, row.state_changed_at, row.detail = StudyState.DEIDENTIFIED.value, utcnow(), None
@@ -542,14 +545,15 @@ class Store:
             self._defer_due(s.connection(), study, StudyState.DEIDENTIFIED)
             return True
 
-    def record_deid(self, study: StudyRef, outcomes: list[DeidRecord], seconds: float, route_rule: str) -> bool:
+    def record_deid(self, study: StudyRef, outcomes: list[DeidRecord], seconds: float, route_rule: str,
+                    ahead_seconds: float = 0.0) -> bool:
         """Record each instance's de-identification, the study staying where it is (nothing got a
         working copy; its "not analysed" result follows). False when the claim is stale."""
         with self.session() as s:
-            return self._record_deid(s, study, outcomes, seconds, route_rule) is not None
+            return self._record_deid(s, study, outcomes, seconds, route_rule, ahead_seconds) is not None
 
     def _record_deid(self, s: Session, study: StudyRef, outcomes: list[DeidRecord], seconds: float,
-                     route_rule: str) -> Study | None:
+                     route_rule: str, ahead_seconds: float) -> Study | None:
         row = s.scalar(select(Study).where(_held(study)).with_for_update())
         if row is None:
             return None
@@ -562,7 +566,8 @@ class Store:
                             sop_instance_uid=outcome.sop_instance_uid,
                             detail={"reason": outcome.reason} if outcome.reason else None))
         row.route_rule = route_rule
-        row.timings = {**(row.timings or {}), "deidentify": seconds}
+        ahead = {"deidentify-ahead": ahead_seconds} if ahead_seconds else {}
+        row.timings = {**(row.timings or {}), "deidentify": seconds, **ahead}
         return row
 
     def study(self, study_instance_uid: str) -> StudyRef | None:
