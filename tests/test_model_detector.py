@@ -15,7 +15,7 @@ import torch
 from sonoshot.config import DetectorConfig
 from sonoshot.model import (Detector, DetectorError, ImageScore, create_backbone, fit_detector,
                             load_bundle, load_detector, save_bundle)
-from sonoshot.model.backbones import Backbone, mask_annotations
+from sonoshot.model.backbones import Backbone, mask_annotations, prepare_image
 from sonoshot.model.evaluate import read_manifest
 from sonoshot.model.inputs import InputError, crop_box, even_indices, read_input
 from tests import util
@@ -167,3 +167,27 @@ def test_mask_fills_coloured_overlay() -> None:
     assert np.array_equal(out[:20], image[:20])
     clean = torch.from_numpy(np.repeat(grey[:, :, None], 3, axis=2)).permute(2, 0, 1).float()
     assert mask_annotations(clean) is clean  # nothing to mask: the frame as it was
+
+
+def _three_planes_prepared(frame: np.ndarray, size: int) -> torch.Tensor:
+    """prepare_image's letterbox and resize, on all three planes materialised."""
+    rgb = np.repeat(frame[:, :, None], 3, axis=2) if frame.ndim == 2 else frame
+    x = mask_annotations(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().contiguous())
+    x = x.contiguous()
+    h, w = x.shape[1:]
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    square = torch.nn.functional.pad(x, (left, side - w - left, top, side - h - top))[None] / 255
+    return torch.nn.functional.interpolate(square, size=(size, size), mode="bilinear", antialias=True,
+                                           align_corners=False)[0]
+
+
+def test_a_grey_frame_is_prepared_once_with_the_same_values(shared_dicom: Path, busi: Path) -> None:
+    """A monochrome frame, or one the mask turned grey, is letterboxed and resized as one plane:
+    the values are those of all three planes resized (real ultrasound frames, a BUSI image)."""
+    cine = read_input(shared_dicom / "orthanc-Issue16.dcm", 2).frames
+    busi_image = read_input(busi / read_manifest(busi)[7].file, 1).frames[0]
+    for frame in (*cine, busi_image, busi_image[:, :, 0].copy()):
+        prepared = prepare_image(frame, 320)
+        assert prepared.shape == (3, 320, 320) and prepared.is_contiguous()
+        assert torch.equal(prepared, _three_planes_prepared(frame, 320))

@@ -135,7 +135,8 @@ def mask_annotations(image: torch.Tensor) -> torch.Tensor:
 
 def prepare_image(image: np.ndarray, size: int, mask: bool = True) -> torch.Tensor:
     """An RGB or monochrome frame as a ``(3, size, size)`` float tensor in [0, 1]:
-    annotations masked (:func:`mask_annotations`), letterboxed to a square, resized.
+    annotations masked (:func:`mask_annotations`), letterboxed to a square, resized (a grey
+    frame's one plane is letterboxed and resized once, not three times: the same values).
 
     Raises
     ------
@@ -154,12 +155,16 @@ def prepare_image(image: np.ndarray, size: int, mask: bool = True) -> torch.Tens
     x = torch.from_numpy(image).permute(2, 0, 1).float().contiguous().expand(3, -1, -1)
     if mask:
         x = mask_annotations(x)
+    grey = x.stride(0) == 0  # one plane seen as three (monochrome, or masked): resized once
+    if grey:
+        x = x[:1]
     h, w = x.shape[1:]
     side = max(h, w)
     top, left = (side - h) // 2, (side - w) // 2  # sonoshot.model.maps.unview inverts this
     square = F.pad(x, (left, side - w - left, top, side - h - top)).unsqueeze(0) / 255
-    return F.interpolate(square, size=(size, size), mode="bilinear", antialias=True,
-                         align_corners=False)[0]
+    out = F.interpolate(square, size=(size, size), mode="bilinear", antialias=True,
+                        align_corners=False)[0]
+    return out.expand(3, -1, -1).contiguous() if grey else out
 
 
 class Backbone(abc.ABC):
