@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from sonoshot.config import DetectorConfig
-from sonoshot.model.backbones import Backbone, create_backbone
+from sonoshot.model.backbones import Backbone, LiteFeatures, create_backbone
 from sonoshot.model.evaluate import draw_split, embed_examples, methods, read_manifest
 from sonoshot.model.head import N_VIEWS
 from sonoshot.model.inputs import InputError, dataset_frames, read_input
@@ -116,6 +117,45 @@ def paired_runs(backbone: Backbone, files: list[Path], frames_per_cine: int, vie
     return count, full_s, bare_s, ratios
 
 
+def hold_lock(kind: str, files: list[Path], stop: threading.Event) -> None:
+    """Until ``stop``: decode ``files`` (``decode``) or run a pure-Python loop (``python``)."""
+    while not stop.is_set():
+        if kind == "decode":
+            for _ in frames_of(files, 4):
+                if stop.is_set():
+                    return
+        else:
+            sum(i * i for i in range(1000))
+
+
+def lock_rows(backbone: Backbone, files: list[Path], images: int, rounds: int) -> list[str]:
+    """Bare forward img/s of ``backbone`` eager and as its graph, alone and beside a thread
+    holding the interpreter lock, alternating in ``rounds``."""
+    graph, eager = backbone.features, LiteFeatures(backbone.net)
+    seconds: dict[tuple[str, str], float] = {}
+    for _ in range(rounds):
+        for holder in ("none", "decode", "python"):
+            for name, features in (("eager", eager), ("graph", graph)):
+                backbone.features = features
+                stop = threading.Event()
+                thread = threading.Thread(target=hold_lock, args=(holder, files, stop))
+                if holder != "none":
+                    thread.start()
+                seconds[name, holder] = seconds.get((name, holder), 0.0) + bare(backbone, images)
+                stop.set()
+                if holder != "none":
+                    thread.join()
+    backbone.features = graph
+    total = images * rounds
+    rows = []
+    for holder, label in (("none", "alone"), ("decode", "beside DICOM decoding"),
+                          ("python", "beside pure Python")):
+        eager_s, graph_s = seconds["eager", holder], seconds["graph", holder]
+        rows.append(f"| {backbone.precision} | {label} | {total / eager_s:.1f} | "
+                    f"{total / graph_s:.1f} | {eager_s / graph_s:.2f}x |")
+    return rows
+
+
 def quantised(backbone: Backbone) -> int:
     """Replace Linear layers with int8 dynamic-quantised ones, in place; returns how many."""
     count = 0
@@ -164,8 +204,8 @@ def main() -> None:
     parser.add_argument("--backbones", default="efficientnet-lite0,vit-b-16-random")
     parser.add_argument("--overlap", choices=("auto", "on", "off"), default="auto",
                         help="preparation beside the forward (auto: when two torch teams fit)")
-    parser.add_argument("--tables", default="throughput,precision",
-                        help="which tables: throughput (1.), precision (2.)")
+    parser.add_argument("--tables", default="throughput,precision,lock",
+                        help="which tables: throughput (1.), precision (2.), lock (3.)")
     args = parser.parse_args()
     threads = apply_threads(args.threads)
     overlap = {"auto": None, "on": True, "off": False}[args.overlap]
@@ -201,6 +241,13 @@ def main() -> None:
                              f"| {total / seconds:.1f} | {total / bare_s:.1f} | "
                              f"{bare_s / seconds:.2f}x | {statistics.median(ratios):.2f}x | "
                              + ", ".join(f"{r:.2f}x" for r in ratios) + " |")
+    if "lock" in tables:
+        lines += ["", "| precision | efficientnet-lite0 bare forward | eager (img/s) | graph "
+                  "(img/s) | graph / eager |", "|---|---|---|---|---|"]
+        for precision in args.precisions.split(","):
+            backbone = make_backbone("efficientnet-lite0", precision)
+            bare(backbone, 2 * backbone.batch_size)  # warm-up
+            lines += lock_rows(backbone, files, 32, args.rounds)
     if "precision" not in tables:
         print("\n".join(lines))
         return
