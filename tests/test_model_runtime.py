@@ -227,6 +227,13 @@ def test_bundle_records_precision(fitted, support, tmp_path: Path,
     frames = [im.frames[0] for im in support["normal"]]
     np.testing.assert_allclose(again.score_frames(frames), fitted_bf16.score_frames(frames),
                                atol=1e-6 if native_bf16() else 0.1)
+    assert meta["backbone"]["form"] == "folded"
+    del meta["backbone"]["form"]  # as written before the form was recorded: the trained network
+    (tmp_path / "bf16" / "bundle.json").write_text(json.dumps(meta))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sonoshot.model.detector"):
+        load_detector(dataclasses.replace(auto, precision="bf16", bundle=str(tmp_path / "bf16")))
+    assert "validated at bf16 with its network trained, now running it folded" in caplog.text
 
 
 @pytest.mark.slow

@@ -560,7 +560,8 @@ def save_bundle(detector: Detector, folder: Path) -> str:
         "format_version": FORMAT_VERSION,
         "name": DETECTOR_NAME,
         "version": __version__,
-        "backbone": {"name": detector.backbone_name, "sha256": detector.backbone_sha256},
+        "backbone": {"name": detector.backbone_name, "sha256": detector.backbone_sha256,
+                     "form": detector.backbone.form},
         "precision": detector.precision,
         "mode": state.mode,
         "dim": state.dim,
@@ -599,7 +600,10 @@ def load_bundle(folder: Path, backbone: Backbone, config: DetectorConfig) -> Det
 
     A bundle runs at any precision, but its threshold and standardisation were set at the
     precision it was fitted at (``precision`` in ``bundle.json``; fp32 for bundles written
-    before it was recorded): a backbone at another precision is logged as a warning.
+    before it was recorded): a backbone at another precision is logged as a warning, and so
+    is, at bf16 or fp16, a network in another form than the one it was fitted with
+    (``backbone.form``; ``trained`` for bundles written before it was recorded). At fp32 the
+    folded network's outputs equal the trained one's within float rounding.
 
     Raises
     ------
@@ -627,6 +631,11 @@ def load_bundle(folder: Path, backbone: Backbone, config: DetectorConfig) -> Det
         log.warning("%s: validated at %s, running at %s: scores may differ slightly from the "
                     "validated ones (see docs/model.md); fit it again at %s to validate it there",
                     folder, validated, backbone.precision, backbone.precision)
+    elif validated != "fp32" and want.get("form", "trained") != backbone.form:
+        log.warning("%s: validated at %s with its network %s, now running it %s: scores may differ "
+                    "slightly from the validated ones (see docs/model.md); fit it again to "
+                    "validate it there", folder, validated, want.get("form", "trained"),
+                    backbone.form)
     head = None
     head_weights = {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}
     if head_weights:
