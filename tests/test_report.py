@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+import sys
 from io import BytesIO
 from pathlib import Path
 
@@ -402,3 +403,16 @@ def test_regions_must_be_on_scored_frames_inside_the_image(cine, shared_dicom):
     ok = _result(_image(single, 0.7, (), (RegionRef(None, 0.7, SQUARE),)), study=str(single.StudyInstanceUID))
     (image,) = read_result(_round_trip(build_report([single], ok))).image_scores
     assert image.regions[0].frame is None
+
+
+def test_standard_tables_are_read_at_start_up_not_in_the_first_report() -> None:
+    """In a fresh interpreter: highdicom's tables of the standard are not read until a report
+    names a region, and load_standard_tables() reads them (the daemon calls it at start)."""
+    code = ("from highdicom import _standard_utils as standard\n"
+            "from sonoshot.dicom_io.report import load_standard_tables\n"
+            "print(standard.get_module_attribute_map.cache_info().currsize)\n"
+            "load_standard_tables()\n"
+            "print(standard.get_module_attribute_map.cache_info().currsize)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=120).stdout.split()
+    assert out == ["0", "1"]

@@ -47,6 +47,7 @@ from sonoshot.db.work import ARCHIVE_DETECT_QUEUE, ARCHIVE_QUEUE, WakeDeferrer, 
 from sonoshot.dicom_io import read_as_received
 from sonoshot.dicom_io.deid import DeidKeyError, DeidPolicy, load_key, ocr, patient_pseudonym
 from sonoshot.dicom_io.receive import Receiver, start_scp
+from sonoshot.dicom_io.report import load_standard_tables
 from sonoshot.dicom_io.spool import Spool
 from sonoshot.logs import configure_logging
 from sonoshot.model import load_detector
@@ -242,6 +243,8 @@ class Service:
         if self.plan.deid or self.plan.detect:  # de-identification checks each instance against its scope
             log.info("torch: %d intra-op threads", apply_threads(config.detector.threads))
             self.load_detector()
+        if self.plan.detect:
+            load_standard_tables()  # before the receiver starts and before gc.freeze()
         if self.deid_helpers is not None:
             self.deid_helpers.start()
         self._start_carrier()
