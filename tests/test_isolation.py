@@ -7,6 +7,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -102,3 +104,35 @@ def test_an_instance_that_ends_its_helper_twice_is_quarantined_and_the_next_one_
     assert not list((tmp_path / "out").glob("*")), "an unverified output was left behind"
     after = helpers.deidentify(pydicom_file("examples_ybr_color.dcm"), tmp_path / "next", FAST, KEY)
     assert after.ok and pydicom.dcmread(after.output).BurnedInAnnotation == "NO"
+
+
+def test_helpers_end_when_the_daemon_is_killed():
+    """A process that started helpers is SIGKILLed: its helpers end by themselves (they would
+    otherwise live on, each with its hundreds of MB, after every crash of the daemon)."""
+    code = ("import multiprocessing, time\n"
+            "from sonoshot.daemon.isolation import DeidHelpers\n"
+            "helpers = DeidHelpers()\n"
+            "helpers.start()\n"
+            "print(*[p.pid for p in multiprocessing.active_children()], flush=True)\n"
+            "time.sleep(600)\n")
+    daemon = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(pid) for pid in daemon.stdout.readline().split()]
+    finally:
+        daemon.kill()
+        daemon.wait()
+    assert pids  # the started helper
+    deadline = time.monotonic() + 30
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in alive if _running(pid)}
+        time.sleep(0.2)
+    assert not alive, f"helpers still running after their daemon was killed: {sorted(alive)}"
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[-1][0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False

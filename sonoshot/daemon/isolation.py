@@ -14,14 +14,17 @@ A helper that dies during an instance (a decoder that crashes on a hostile file,
 out-of-memory killer) takes down nothing else: the instances it had in hand are tried once more
 in fresh helpers, and one that ends its helper again is quarantined
 (``internal error: BrokenProcessPool``), so the PACS is told as for any other quarantine. What a
-helper had written but not verified when it ended is removed.
+helper had written but not verified when it ended is removed. A helper ends by itself within
+a second when the daemon that started it has gone, even by SIGKILL.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -34,10 +37,24 @@ from sonoshot.dicom_io.deid.textdetect import TextDetectorUnavailableError, text
 log = logging.getLogger(__name__)
 
 
+PARENT_POLL_S = 1.0  # how often a helper checks that the daemon that started it still runs
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this helper once ``parent`` is no longer its parent (the daemon died, even by
+    SIGKILL, and the helper was handed to init): a helper waiting for work would otherwise live
+    on with its hundreds of MB."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
+
+
 def _start_helper(nice: int, text_threads: int) -> None:
-    """A helper's start: its priority (inherited by the threads and processes it starts), the
-    daemon's reading mode, and the text detector loaded before its first instance (if the model
-    cannot be loaded, each instance says so)."""
+    """A helper's start: a watch that ends it with the daemon, its priority (inherited by the
+    threads and processes it starts), the daemon's reading mode, and the text detector loaded
+    before its first instance (if the model cannot be loaded, each instance says so)."""
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch",
+                     daemon=True).start()
     lower_priority(nice, "de-identification helpers")
     read_as_received()
     try:
