@@ -143,7 +143,7 @@ def lock_rows(backbone: Backbone, files: list[Path], images: int, rounds: int) -
                     thread.start()
                 seconds[name, holder] = seconds.get((name, holder), 0.0) + bare(backbone, images)
                 stop.set()
-                if holder != "none":
+                if thread.is_alive():
                     thread.join()
     backbone.features = graph
     total = images * rounds

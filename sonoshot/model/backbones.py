@@ -330,7 +330,8 @@ def compile_graph(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptM
     Why: the graph runs in torch's C++ interpreter with the interpreter lock released for the
     whole forward, where eager mode takes the lock back between its ~150 operators. Beside a
     thread that holds the lock (decoding the next frames, receiving instances), an eager
-    forward waits for it at every operator (measured 1.3-1.5x slower); the graph does not, and
+    forward waits for it at every operator (measured 2.0-2.4x slower beside DICOM decoding);
+    the graph does not, and
     alone it is as fast or faster (docs/benchmarks.md). The outputs are those of ``module``
     bit for bit (``tests/test_model_runtime.py``). ``torch.jit`` is deprecated in favour of
     ``torch.compile`` and ``torch.export``, which need a C++ toolchain and minutes of

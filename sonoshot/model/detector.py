@@ -631,11 +631,10 @@ def load_bundle(folder: Path, backbone: Backbone, config: DetectorConfig) -> Det
         log.warning("%s: validated at %s, running at %s: scores may differ slightly from the "
                     "validated ones (see docs/model.md); fit it again at %s to validate it there",
                     folder, validated, backbone.precision, backbone.precision)
-    elif validated != "fp32" and want.get("form", "trained") != backbone.form:
+    elif validated != "fp32" and (form := want.get("form", "trained")) != backbone.form:
         log.warning("%s: validated at %s with its network %s, now running it %s: scores may differ "
                     "slightly from the validated ones (see docs/model.md); fit it again to "
-                    "validate it there", folder, validated, want.get("form", "trained"),
-                    backbone.form)
+                    "validate it there", folder, validated, form, backbone.form)
     head = None
     head_weights = {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}
     if head_weights:
